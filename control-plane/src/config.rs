@@ -1,0 +1,70 @@
+//! The control plane's view of the shared configuration file.
+
+use billing_model::settings::{
+    ConfigError, IdentitySettings, InternalSettings, LogSettings, RedisSettings, load_config,
+};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything the control plane reads. One file serves both binaries; the proxy's
+/// section is accepted here unread (the proxy validates it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The plan catalog (relative paths are resolved from the working directory).
+    pub plans_file: PathBuf,
+    pub identity: IdentitySettings,
+    pub redis: RedisSettings,
+    pub internal: InternalSettings,
+    pub control_plane: ControlPlaneSettings,
+    #[serde(default)]
+    pub stripe: Option<StripeSettings>,
+    #[serde(default)]
+    pub log: LogSettings,
+    #[serde(default, rename = "proxy")]
+    _proxy: IgnoredAny,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneSettings {
+    /// Billing API, internal endpoints, webhooks, health.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics`.
+    pub metrics_listen: SocketAddr,
+    pub database_url: SecretString,
+    #[serde(default = "default_max_connections")]
+    pub database_max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    10
+}
+
+/// Stripe account access. The same client code talks to real Stripe and to the
+/// project's stand-in; only `api_base` and the keys differ.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeSettings {
+    /// `https://api.stripe.com` for real Stripe, the stand-in's origin otherwise.
+    #[serde(default = "default_stripe_base")]
+    pub api_base: String,
+    pub secret_key: SecretString,
+    /// Webhook signing secrets; two during a rotation window.
+    #[serde(default)]
+    pub webhook_secrets: Vec<SecretString>,
+}
+
+fn default_stripe_base() -> String {
+    "https://api.stripe.com".to_owned()
+}
+
+impl Config {
+    /// Reads `path`, then `TOLLGATE_*` environment overrides.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        load_config(path)
+    }
+}

@@ -1,0 +1,30 @@
+//! The HTTP surface: each feature module exposes `router()`, merged here.
+
+pub mod error;
+mod health;
+mod plans;
+
+use crate::metrics::Metrics;
+use axum::Router;
+use billing_model::Catalog;
+use billing_model::identity::IdentityVerifier;
+use sqlx::PgPool;
+use std::sync::Arc;
+
+/// Cloned into every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub redis: redis::aio::ConnectionManager,
+    pub catalog: Arc<Catalog>,
+    pub identity: Arc<IdentityVerifier>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(plans::router())
+        .fallback(|| async { error::ApiError::NotFound })
+        .with_state(state)
+}

@@ -1,0 +1,9 @@
+//! tollgate's control plane: billing API, Stripe, webhooks, the usage ledger and the
+//! entitlement updates it pushes to every proxy.
+
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,72 @@
+use anyhow::Context;
+use billing_model::CustomerId;
+use billing_model::identity::TokenIssuer;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tollgate_control_plane::config::Config;
+use tollgate_control_plane::startup::{Application, shutdown_signal};
+use tollgate_control_plane::{db, telemetry};
+
+/// tollgate's control plane.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate-control-plane", version)]
+struct Cli {
+    /// Configuration file (TOML); `TOLLGATE_*` environment variables override it.
+    #[arg(long, default_value = "config/demo.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print a bearer token for a customer (HS256 with the configured secret).
+    Token {
+        /// The ticket API's user id.
+        #[arg(long)]
+        customer: String,
+        /// Lifetime of the token in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_seconds: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(&cli.config)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            telemetry::init(&config.log);
+            let app = Application::build(config).await?;
+            tracing::info!(api = %app.api_addr(), metrics = %app.metrics_addr(), "control plane listening");
+            app.run_until(shutdown_signal()).await
+        }
+        Command::Migrate => {
+            telemetry::init(&config.log);
+            let pool = db::connect(&config.control_plane.database_url, 1).await?;
+            db::migrate(&pool).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Token {
+            customer,
+            ttl_seconds,
+        } => {
+            let customer =
+                CustomerId::parse(&customer).map_err(|e| anyhow::anyhow!("--customer: {e}"))?;
+            let issuer = TokenIssuer::new(&config.identity)?;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .context("system clock before 1970")?
+                .as_secs();
+            println!("{}", issuer.issue(&customer, now, ttl_seconds)?);
+            Ok(())
+        }
+    }
+}

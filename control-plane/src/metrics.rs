@@ -1,0 +1,54 @@
+//! The control plane's Prometheus registry and its `/metrics` listener.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use std::sync::Arc;
+
+/// Every metric the control plane exports, registered once.
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new_custom(Some("tollgate_cp".into()), None)?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "Billing API requests by route and status",
+            ),
+            &["route", "status"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        Ok(Self {
+            registry,
+            http_requests,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = encoder.encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(render))
+        .with_state(metrics)
+}
+
+async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics.render(),
+    )
+}

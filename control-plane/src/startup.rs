@@ -1,0 +1,134 @@
+//! Builds the application from its configuration and runs it until shutdown.
+
+use crate::config::Config;
+use crate::db;
+use crate::http::{AppState, router};
+use crate::metrics::{self, Metrics};
+use anyhow::Context;
+use billing_model::Catalog;
+use billing_model::identity::IdentityVerifier;
+use secrecy::ExposeSecret;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// A built control plane with its listeners bound (port 0 works: tests read the port).
+pub struct Application {
+    api: TcpListener,
+    metrics_listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let catalog = Catalog::load(&config.plans_file)
+            .with_context(|| format!("loading plans from {}", config.plans_file.display()))?;
+        let jwks = match &config.identity.jwks_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading identity.jwks_file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let identity = IdentityVerifier::new(&config.identity, jwks.as_deref())?;
+        let pool = db::connect(
+            &config.control_plane.database_url,
+            config.control_plane.database_max_connections,
+        )
+        .await
+        .context("connecting to PostgreSQL (control_plane.database_url)")?;
+        db::migrate(&pool).await.context("applying migrations")?;
+        let redis_client = redis::Client::open(config.redis.url.expose_secret())
+            .context("redis.url is not a valid Redis URL")?;
+        let redis = redis::aio::ConnectionManager::new(redis_client)
+            .await
+            .context("connecting to Redis (redis.url)")?;
+        let metrics = Arc::new(Metrics::new()?);
+        let api = TcpListener::bind(config.control_plane.listen)
+            .await
+            .with_context(|| format!("binding {}", config.control_plane.listen))?;
+        let metrics_listener = TcpListener::bind(config.control_plane.metrics_listen)
+            .await
+            .with_context(|| format!("binding {}", config.control_plane.metrics_listen))?;
+        let state = AppState {
+            pool,
+            redis,
+            catalog: Arc::new(catalog),
+            identity: Arc::new(identity),
+            metrics,
+        };
+        Ok(Self {
+            api,
+            metrics_listener,
+            state,
+        })
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let metrics_app = metrics::router(self.state.metrics.clone());
+        let mut metrics_stop = stop_rx.clone();
+        let metrics_task = tokio::spawn(async move {
+            axum::serve(self.metrics_listener, metrics_app)
+                .with_graceful_shutdown(async move {
+                    let _ = metrics_stop.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let mut api_stop = stop_rx;
+        axum::serve(self.api, router(self.state))
+            .with_graceful_shutdown(async move {
+                let _ = api_stop.wait_for(|stop| *stop).await;
+            })
+            .await?;
+        metrics_task.await??;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,14 @@
+//! Structured logs through `tracing`; pingora-free, so simpler than the proxy's.
+
+use billing_model::settings::{LogFormat, LogSettings};
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber once; later calls (tests) are ignored.
+pub fn init(settings: &LogSettings) {
+    let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match settings.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

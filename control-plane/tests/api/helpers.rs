@@ -1,0 +1,62 @@
+use std::path::Path;
+use tollgate_control_plane::config::Config;
+use tollgate_control_plane::startup::Application;
+use tollgate_e2e::{TestDatabase, workspace_root};
+
+/// A running control plane on ephemeral ports with its own database.
+pub struct TestApp {
+    pub address: String,
+    pub metrics_address: String,
+    pub http: reqwest::Client,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _database: TestDatabase,
+}
+
+/// The demo configuration with this test's ports, database and key prefix.
+pub fn test_config(database_url: &str) -> Config {
+    let root = workspace_root();
+    let mut config = Config::load(&root.join("config/demo.toml")).expect("demo config loads");
+    config.plans_file = root.join("config/plans.toml");
+    config.control_plane.listen = "127.0.0.1:0".parse().unwrap();
+    config.control_plane.metrics_listen = "127.0.0.1:0".parse().unwrap();
+    config.control_plane.database_url = database_url.to_owned().into();
+    config.control_plane.database_max_connections = 5;
+    config.redis.url = tollgate_e2e::redis_url().into();
+    config.redis.key_prefix = format!("tg:test:{}:", uuid::Uuid::new_v4().simple());
+    config
+}
+
+pub async fn spawn_app() -> TestApp {
+    let database = TestDatabase::create().await.expect("test database");
+    let config = test_config(&database.url);
+    let app = Application::build(config)
+        .await
+        .expect("application builds");
+    let address = format!("http://{}", app.api_addr());
+    let metrics_address = format!("http://{}", app.metrics_addr());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address,
+        metrics_address,
+        http: reqwest::Client::new(),
+        _shutdown: tx,
+        _database: database,
+    }
+}
+
+/// A database with the schema applied and nothing else running.
+pub async fn migrated_database() -> (TestDatabase, sqlx::PgPool) {
+    let database = TestDatabase::create().await.expect("test database");
+    let pool = sqlx::PgPool::connect(&database.url).await.expect("connect");
+    tollgate_control_plane::db::migrate(&pool)
+        .await
+        .expect("migrations apply on an empty database");
+    (database, pool)
+}
+
+pub fn repo_file(rel: &str) -> std::path::PathBuf {
+    workspace_root().join(Path::new(rel))
+}
