@@ -230,8 +230,10 @@ impl EntitlementSnapshot {
 /// What the control plane publishes on the entitlement channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntitlementUpdate {
-    /// The publisher's monotonic sequence number; a gap tells a proxy it missed
-    /// messages and must drop what it cannot trust.
+    /// The position in the global update sequence ([`crate::RedisKeys::entitlement_seq`]),
+    /// assigned by Redis in the same script that publishes. It is also the snapshot's
+    /// version: a proxy sets `snapshot.version = seq` on receipt. A gap tells a proxy
+    /// it missed messages and must drop what it cannot trust.
     pub seq: u64,
     /// The customer's new entitlement.
     pub snapshot: EntitlementSnapshot,

@@ -98,6 +98,13 @@ impl RedisKeys {
         format!("{}entitlements", self.prefix)
     }
 
+    /// The global sequence of entitlement updates. The publisher increments it and
+    /// publishes in one Lua script, so sequence order is publish order across every
+    /// control-plane replica, and a proxy that sees a gap knows it missed an update.
+    pub fn entitlement_seq(&self) -> String {
+        format!("{}entitlements:seq", self.prefix)
+    }
+
     fn customer_part(&self, customer: &CustomerId) -> String {
         format!("{}{{{customer}}}:", self.prefix)
     }

@@ -38,6 +38,9 @@ pub struct ControlPlaneSettings {
     pub database_url: SecretString,
     #[serde(default = "default_max_connections")]
     pub database_max_connections: u32,
+    /// Where a refused customer is sent to upgrade or pay (the frontend's billing page).
+    #[serde(default)]
+    pub upgrade_url: Option<String>,
 }
 
 fn default_max_connections() -> u32 {

@@ -3,7 +3,9 @@
 
 pub mod config;
 pub mod db;
+pub mod entitlements;
 pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod startup;
 pub mod telemetry;

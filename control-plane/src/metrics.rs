@@ -12,6 +12,7 @@ use std::sync::Arc;
 pub struct Metrics {
     pub registry: Registry,
     pub http_requests: IntCounterVec,
+    pub usage_events_ingested: IntCounterVec,
 }
 
 impl Metrics {
@@ -25,9 +26,18 @@ impl Metrics {
             &["route", "status"],
         )?;
         registry.register(Box::new(http_requests.clone()))?;
+        let usage_events_ingested = IntCounterVec::new(
+            Opts::new(
+                "usage_events_ingested_total",
+                "Usage events received from proxies, by outcome (inserted, duplicate)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(usage_events_ingested.clone()))?;
         Ok(Self {
             registry,
             http_requests,
+            usage_events_ingested,
         })
     }
 

@@ -2,11 +2,12 @@
 
 use crate::config::Config;
 use crate::db;
+use crate::entitlements::{Entitlements, Publisher};
 use crate::http::{AppState, router};
 use crate::metrics::{self, Metrics};
 use anyhow::Context;
-use billing_model::Catalog;
 use billing_model::identity::IdentityVerifier;
+use billing_model::{Catalog, RedisKeys};
 use secrecy::ExposeSecret;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,12 +51,23 @@ impl Application {
         let metrics_listener = TcpListener::bind(config.control_plane.metrics_listen)
             .await
             .with_context(|| format!("binding {}", config.control_plane.metrics_listen))?;
+        let catalog = Arc::new(catalog);
+        let keys = RedisKeys::new(&config.redis.key_prefix).context("redis.key_prefix")?;
+        let entitlements = Entitlements::new(
+            pool.clone(),
+            redis.clone(),
+            catalog.clone(),
+            keys,
+            config.control_plane.upgrade_url.clone(),
+        );
         let state = AppState {
             pool,
             redis,
-            catalog: Arc::new(catalog),
+            catalog,
             identity: Arc::new(identity),
             metrics,
+            publisher: Publisher::new(entitlements),
+            service_token: config.internal.service_token.clone(),
         };
         Ok(Self {
             api,

@@ -41,6 +41,124 @@ pub struct ProxySettings {
     /// Seconds a SIGTERM waits for in-flight requests before exiting.
     #[serde(default = "default_drain")]
     pub drain_seconds: u64,
+    /// The control plane's base URL (entitlement fills, usage shipping).
+    pub control_plane_url: String,
+    /// Timeout of one entitlement fill from the control plane, in milliseconds.
+    #[serde(default = "default_fill_timeout")]
+    pub entitlement_fill_timeout_ms: u64,
+    /// How many customers' entitlements to keep in memory.
+    #[serde(default = "default_cache_capacity")]
+    pub entitlement_cache_capacity: u64,
+    /// Longest a Redis call on the request path may take before the failure policy
+    /// applies, in milliseconds.
+    #[serde(default = "default_redis_budget")]
+    pub redis_budget_ms: u64,
+    /// What hard-limited requests get while Redis is unreachable or too slow:
+    /// `deny` (refuse with 503) or `allow` (admit and record). Paid-overage requests are
+    /// always admitted and recorded.
+    #[serde(default)]
+    pub hard_limit_failure_policy: FailurePolicy,
+    /// How long an in-flight reservation holds a unit if its proxy never commits or
+    /// releases it (a crash), in seconds. Must exceed the upstream timeout.
+    #[serde(default = "default_reservation_ttl")]
+    pub reservation_ttl_seconds: u64,
+    /// How long the upstream may take to answer, in seconds.
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout_seconds: u64,
+    /// Where usage events are written before the response leaves (a write-ahead log
+    /// shipped to the control plane; survives restarts and control-plane outages).
+    pub spool_dir: PathBuf,
+    #[serde(default)]
+    pub shipping: ShippingSettings,
+    /// Which requests are metered, and which are the chat interface. Everything else
+    /// passes through unmetered. Reloaded on SIGHUP.
+    #[serde(default)]
+    pub routes: Vec<RouteSettings>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    #[default]
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShippingSettings {
+    /// Most events in one batch to the ledger.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest an event waits before its batch is shipped, in milliseconds.
+    #[serde(default = "default_max_delay")]
+    pub max_delay_ms: u64,
+    /// Timeout of one shipment, in milliseconds.
+    #[serde(default = "default_ship_timeout")]
+    pub timeout_ms: u64,
+}
+
+impl Default for ShippingSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: default_batch_size(),
+            max_delay_ms: default_max_delay(),
+            timeout_ms: default_ship_timeout(),
+        }
+    }
+}
+
+/// One route rule as written in the file; see [`crate::routes`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    /// HTTP method, e.g. `POST`.
+    pub method: String,
+    /// Exact path, `{name}` for one segment, or a trailing `/*` for any rest.
+    pub path: String,
+    /// `metered` or `chat`.
+    pub kind: RouteKind,
+    /// Usage type recorded for metered routes (`ticket_creation`, `agent_interaction`).
+    #[serde(default)]
+    pub usage_type: Option<billing_model::UsageType>,
+    /// Units one successful request consumes.
+    #[serde(default = "default_units")]
+    pub units: u32,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    Metered,
+    Chat,
+}
+
+fn default_units() -> u32 {
+    1
+}
+fn default_fill_timeout() -> u64 {
+    2_000
+}
+fn default_cache_capacity() -> u64 {
+    200_000
+}
+fn default_redis_budget() -> u64 {
+    10
+}
+fn default_reservation_ttl() -> u64 {
+    120
+}
+fn default_upstream_timeout() -> u64 {
+    60
+}
+fn default_batch_size() -> usize {
+    500
+}
+fn default_max_delay() -> u64 {
+    500
+}
+fn default_ship_timeout() -> u64 {
+    5_000
 }
 
 fn default_threads() -> usize {

@@ -2,5 +2,14 @@
 //! of the ticket API.
 
 pub mod admin;
+pub mod app;
 pub mod config;
+pub mod counters;
+pub mod entitlements;
+pub mod identity;
+pub mod metrics;
+pub mod problem;
+pub mod routes;
 pub mod service;
+pub mod shipper;
+pub mod usage_log;

@@ -1,11 +1,7 @@
 use billing_model::settings::LogFormat;
 use clap::Parser;
-use pingora::prelude::*;
-use pingora::server::configuration::ServerConf;
 use std::path::PathBuf;
-use tollgate_proxy::admin::AdminApp;
 use tollgate_proxy::config::Config;
-use tollgate_proxy::service::TollgateProxy;
 
 /// tollgate's reverse proxy.
 #[derive(Debug, Parser)]
@@ -31,27 +27,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(&cli.config)?;
     init_logging(&config);
-
-    let conf = ServerConf {
-        threads: config.proxy.threads,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(config.proxy.drain_seconds),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-
-    let mut proxy = pingora::proxy::http_proxy_service(
-        &server.configuration,
-        TollgateProxy::new(config.proxy.upstream),
+    tracing::info!(
+        listen = %config.proxy.listen,
+        upstream = %config.proxy.upstream,
+        "proxy starting"
     );
-    proxy.add_tcp(&config.proxy.listen.to_string());
-
-    let mut admin = pingora::services::listening::Service::new("admin".to_owned(), AdminApp);
-    admin.add_tcp(&config.proxy.metrics_listen.to_string());
-
-    server.add_service(proxy);
-    server.add_service(admin);
-    tracing::info!(listen = %config.proxy.listen, upstream = %config.proxy.upstream, "proxy starting");
+    let server = tollgate_proxy::app::build(cli.config, config)?;
     server.run_forever()
 }

@@ -2,3 +2,4 @@
 //! One test binary (z2p style) so the workspace links it once.
 
 mod foundation;
+mod proxy;

@@ -228,12 +228,33 @@ impl Ports {
 }
 
 /// Writes a configuration file for one isolated stack: its own ports, database and
-/// Redis key prefix. `extra` is appended (TOML) for test-specific sections.
+/// Redis key prefix.
 pub fn write_config(
     dir: &Path,
     ports: &Ports,
     database_url: &str,
     key_prefix: &str,
+) -> anyhow::Result<PathBuf> {
+    write_config_named(
+        dir,
+        "tollgate.toml",
+        "spool",
+        ports,
+        database_url,
+        key_prefix,
+        "",
+    )
+}
+
+/// Like [`write_config`], with the file and spool names and extra `[proxy]` keys.
+pub fn write_config_named(
+    dir: &Path,
+    file: &str,
+    spool: &str,
+    ports: &Ports,
+    database_url: &str,
+    key_prefix: &str,
+    extra_proxy_keys: &str,
 ) -> anyhow::Result<PathBuf> {
     let plans = workspace_root().join("config/plans.toml");
     let text = format!(
@@ -258,12 +279,33 @@ metrics_listen = "127.0.0.1:{proxy_admin}"
 upstream = "127.0.0.1:{upstream}"
 threads = 1
 drain_seconds = 5
+control_plane_url = "http://127.0.0.1:{cp}"
+spool_dir = "{spool}"
+redis_budget_ms = 500
+entitlement_fill_timeout_ms = 2000
+{extra_proxy_keys}
+
+[proxy.shipping]
+batch_size = 100
+max_delay_ms = 100
+
+[[proxy.routes]]
+method = "POST"
+path = "/api/v1/tickets"
+kind = "metered"
+usage_type = "ticket_creation"
+
+[[proxy.routes]]
+method = "POST"
+path = "/api/v1/chat"
+kind = "chat"
 
 [control_plane]
 listen = "127.0.0.1:{cp}"
 metrics_listen = "127.0.0.1:{cp_metrics}"
 database_url = "{database_url}"
 database_max_connections = 5
+upgrade_url = "http://frontend.test/billing/upgrade"
 
 [log]
 level = "info"
@@ -276,8 +318,9 @@ format = "json"
         upstream = ports.upstream,
         cp = ports.control_plane,
         cp_metrics = ports.control_plane_metrics,
+        spool = dir.join(spool).display(),
     );
-    let path = dir.join("tollgate.toml");
+    let path = dir.join(file);
     std::fs::write(&path, text)?;
     Ok(path)
 }
@@ -296,76 +339,154 @@ pub struct Stack {
     pub dir: PathBuf,
     pub key_prefix: String,
     pub upstream: Process,
-    pub control_plane: Process,
-    pub proxy: Process,
+    pub control_plane: Option<Process>,
+    pub proxy: Option<Process>,
     pub database: TestDatabase,
     pub http: reqwest::Client,
+    pub pool: sqlx::PgPool,
 }
+
+const STARTUP: Duration = Duration::from_secs(30);
 
 impl Stack {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(FailurePolicy::Deny).await
+    }
+
+    pub async fn start_with(policy: FailurePolicy) -> anyhow::Result<Self> {
         let ports = Ports::fresh();
         let dir = scratch_dir()?;
         let database = TestDatabase::create().await?;
         let key_prefix = format!("tg:test:{}:", uuid::Uuid::new_v4().simple());
-        let config = write_config(&dir, &ports, &database.url, &key_prefix)?;
+        let extra = format!("hard_limit_failure_policy = \"{}\"", policy.as_str());
+        let config = write_config_named(
+            &dir,
+            "tollgate.toml",
+            "spool",
+            &ports,
+            &database.url,
+            &key_prefix,
+            &extra,
+        )?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()?;
-
         let mut upstream = Process::spawn(
             "ticket-api-standin",
             Command::new(binary("ticket-api-standin")?)
                 .args(["--listen", &format!("127.0.0.1:{}", ports.upstream)]),
             &dir,
         )?;
-        let mut control_plane = Process::spawn(
-            "tollgate-control-plane",
-            Command::new(binary("tollgate-control-plane")?)
-                .arg("--config")
-                .arg(&config),
-            &dir,
-        )?;
-        let mut proxy = Process::spawn(
-            "tollgate-proxy",
-            Command::new(binary("tollgate-proxy")?)
-                .arg("--config")
-                .arg(&config),
-            &dir,
-        )?;
-        let wait = Duration::from_secs(30);
         wait_until_healthy(
             &http,
             &format!("http://127.0.0.1:{}/health", ports.upstream),
             &mut upstream,
-            wait,
+            STARTUP,
         )
         .await?;
-        wait_until_healthy(
-            &http,
-            &format!("http://127.0.0.1:{}/health/ready", ports.control_plane),
-            &mut control_plane,
-            wait,
-        )
-        .await?;
-        wait_until_healthy(
-            &http,
-            &format!("http://127.0.0.1:{}/health/ready", ports.proxy_admin),
-            &mut proxy,
-            wait,
-        )
-        .await?;
-        Ok(Self {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(3)
+            .connect_lazy(&database.url)?;
+        let mut stack = Self {
             ports,
             config,
             dir,
             key_prefix,
             upstream,
-            control_plane,
-            proxy,
+            control_plane: None,
+            proxy: None,
             database,
             http,
-        })
+            pool,
+        };
+        stack.start_control_plane().await?;
+        stack.proxy = Some(
+            stack
+                .spawn_proxy(&stack.config.clone(), stack.ports.proxy_admin)
+                .await?,
+        );
+        Ok(stack)
+    }
+
+    /// Starts (or restarts) the control plane on its port.
+    pub async fn start_control_plane(&mut self) -> anyhow::Result<()> {
+        let mut cp = Process::spawn(
+            "tollgate-control-plane",
+            Command::new(binary("tollgate-control-plane")?)
+                .arg("--config")
+                .arg(&self.config),
+            &self.dir,
+        )?;
+        wait_until_healthy(
+            &self.http,
+            &format!("http://127.0.0.1:{}/health/ready", self.ports.control_plane),
+            &mut cp,
+            STARTUP,
+        )
+        .await?;
+        self.control_plane = Some(cp);
+        Ok(())
+    }
+
+    /// Kills the control plane (SIGKILL).
+    pub fn kill_control_plane(&mut self) {
+        self.control_plane = None;
+    }
+
+    /// Starts (or restarts) the main proxy.
+    pub async fn start_proxy(&mut self) -> anyhow::Result<()> {
+        let config = self.config.clone();
+        self.proxy = Some(self.spawn_proxy(&config, self.ports.proxy_admin).await?);
+        Ok(())
+    }
+
+    async fn spawn_proxy(&self, config: &Path, admin_port: u16) -> anyhow::Result<Process> {
+        let name = format!("tollgate-proxy-{admin_port}");
+        let mut proxy = Process::spawn(
+            &name,
+            Command::new(binary("tollgate-proxy")?)
+                .arg("--config")
+                .arg(config),
+            &self.dir,
+        )?;
+        wait_until_healthy(
+            &self.http,
+            &format!("http://127.0.0.1:{admin_port}/health/ready"),
+            &mut proxy,
+            STARTUP,
+        )
+        .await?;
+        Ok(proxy)
+    }
+
+    /// A second proxy replica sharing this stack's Redis, control plane and upstream,
+    /// with its own ports and spool. Returns it with its traffic port.
+    pub async fn extra_proxy(&self, name: &str) -> anyhow::Result<(Process, u16)> {
+        self.extra_proxy_with_redis(name, &redis_url()).await
+    }
+
+    /// Like [`Stack::extra_proxy`], pointed at another Redis (e.g. one that is down).
+    pub async fn extra_proxy_with_redis(
+        &self,
+        name: &str,
+        redis: &str,
+    ) -> anyhow::Result<(Process, u16)> {
+        let mut ports = self.ports;
+        ports.proxy = free_port();
+        ports.proxy_admin = free_port();
+        let config = write_config_named(
+            &self.dir,
+            &format!("{name}.toml"),
+            &format!("spool-{name}"),
+            &ports,
+            &self.database.url,
+            &self.key_prefix,
+            "",
+        )?;
+        let text = std::fs::read_to_string(&config)?.replace(&redis_url(), redis);
+        std::fs::write(&config, text)?;
+        let process = self.spawn_proxy(&config, ports.proxy_admin).await?;
+        Ok((process, ports.proxy))
     }
 
     pub fn proxy_url(&self, path: &str) -> String {
@@ -390,4 +511,229 @@ impl Stack {
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
+
+    /// `POST /api/v1/tickets` through the main proxy.
+    pub async fn create_ticket(&self, token: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .post(self.proxy_url("/api/v1/tickets"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "title": "printer on fire" }))
+            .send()
+            .await?)
+    }
+
+    /// Asks the control plane to recompute and publish a customer's entitlement.
+    pub async fn publish(&self, customer: &str) -> anyhow::Result<serde_json::Value> {
+        let r = self
+            .http
+            .post(self.control_plane_url(&format!("/internal/v1/entitlements/{customer}/publish")))
+            .bearer_auth(SERVICE_TOKEN)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("publish answered {}", r.status());
+        }
+        Ok(r.json().await?)
+    }
+
+    /// Usage records the ledger holds for a customer.
+    pub async fn ledger_count(&self, customer: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(SUM(quantity), 0)::BIGINT FROM usage_records WHERE customer_id = $1",
+        )
+        .bind(customer)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Waits until the ledger holds `expected` units for `customer` (shipping is
+    /// asynchronous), then checks it stays there briefly (no late duplicates).
+    pub async fn wait_for_ledger(&self, customer: &str, expected: i64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = self.ledger_count(customer).await?;
+            if n == expected {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let again = self.ledger_count(customer).await?;
+                if again != expected {
+                    bail!("ledger for {customer} moved from {expected} to {again}");
+                }
+                return Ok(());
+            }
+            if n > expected {
+                bail!("ledger for {customer} holds {n}, more than {expected}");
+            }
+            if Instant::now() > deadline {
+                bail!("ledger for {customer} holds {n}, expected {expected}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Puts a customer on a paid plan directly in the ledger (the billing API that does
+    /// this through Stripe is tested on its own).
+    pub async fn set_subscription(
+        &self,
+        customer: &str,
+        plan: &str,
+        model: &str,
+        status: &str,
+        period_start: time::OffsetDateTime,
+        period_end: time::OffsetDateTime,
+    ) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(customer)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO subscriptions (customer_id, stripe_subscription_id, stripe_customer_id,
+                 plan_type, billing_model, status, current_period_start, current_period_end)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(customer)
+        .bind(format!("sub_test_{}", uuid::Uuid::new_v4().simple()))
+        .bind(format!("cus_test_{customer}"))
+        .bind(plan)
+        .bind(model)
+        .bind(status)
+        .bind(period_start)
+        .bind(period_end)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Grants `units` prepaid credits at `unit_price` to a customer.
+    pub async fn grant_credits(
+        &self,
+        customer: &str,
+        units: u32,
+        unit_price: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(customer)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO billing_credits (customer_id, credit_amount, unit_price)
+             VALUES ($1, $2::numeric * $3::numeric, $3::numeric)",
+        )
+        .bind(customer)
+        .bind(i64::from(units))
+        .bind(unit_price)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A Redis connection for inspecting counters.
+    pub async fn redis(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        Ok(redis::Client::open(redis_url())?
+            .get_multiplexed_async_connection()
+            .await?)
+    }
+
+    /// The ticket API stand-in's counts of what reached it.
+    pub async fn upstream_stats(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(self
+            .http
+            .get(format!(
+                "http://127.0.0.1:{}/_standin/stats",
+                self.ports.upstream
+            ))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// One sample from the main proxy's `/metrics`, summed over label sets that contain
+    /// every one of `labels` (e.g. `outcome="refused_from_memory"`).
+    pub async fn proxy_metric(&self, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
+        let text = self
+            .http
+            .get(format!(
+                "http://127.0.0.1:{}/metrics",
+                self.ports.proxy_admin
+            ))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(metric_sum(&text, name, labels))
+    }
+}
+
+/// Sums the samples of `name` whose labels include all of `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_part) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest),
+                None => (series, ""),
+            };
+            (metric == name && labels.iter().all(|want| label_part.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// The token the test configuration gives the internal endpoints.
+pub const SERVICE_TOKEN: &str = "test-service-token";
+
+/// The proxy's hard-limit failure policy, for stacks that test it.
+#[derive(Debug, Clone, Copy)]
+pub enum FailurePolicy {
+    Deny,
+    Allow,
+}
+
+impl FailurePolicy {
+    fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::Deny => "deny",
+            FailurePolicy::Allow => "allow",
+        }
+    }
+}
+
+/// A token signed with a secret this deployment does not know.
+pub fn foreign_token(customer: &str) -> anyhow::Result<String> {
+    issue(customer, "someone-elses-secret-0123456789abcdefgh", 0, 600)
+}
+
+/// A correctly signed token that expired an hour ago.
+pub fn expired_token(customer: &str) -> anyhow::Result<String> {
+    issue(
+        customer,
+        "test-only-hs256-secret-0123456789abcdef",
+        3600 + 600,
+        600,
+    )
+}
+
+fn issue(customer: &str, secret: &str, age: u64, ttl: u64) -> anyhow::Result<String> {
+    use billing_model::identity::TokenIssuer;
+    use billing_model::settings::IdentitySettings;
+    let settings = IdentitySettings {
+        issuer: "tollgate-test".into(),
+        audience: "ticket-api".into(),
+        hs256_secret: Some(secret.to_owned().into()),
+        jwks_file: None,
+        jwks_url: None,
+        leeway_seconds: 0,
+        trusted_header: None,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    Ok(TokenIssuer::new(&settings)?.issue(
+        &billing_model::CustomerId::parse(customer)?,
+        now - age,
+        ttl,
+    )?)
 }

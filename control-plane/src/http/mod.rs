@@ -1,9 +1,12 @@
 //! The HTTP surface: each feature module exposes `router()`, merged here.
 
 pub mod error;
+mod extract;
 mod health;
+mod internal;
 mod plans;
 
+use crate::entitlements::Publisher;
 use crate::metrics::Metrics;
 use axum::Router;
 use billing_model::Catalog;
@@ -19,12 +22,15 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub identity: Arc<IdentityVerifier>,
     pub metrics: Arc<Metrics>,
+    pub publisher: Publisher,
+    pub service_token: secrecy::SecretString,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(plans::router())
+        .merge(internal::router())
         .fallback(|| async { error::ApiError::NotFound })
         .with_state(state)
 }

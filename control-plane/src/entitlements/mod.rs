@@ -1,0 +1,226 @@
+//! Entitlements: what each customer may do right now, computed from the ledger, served
+//! to proxies on a cache miss and published to every proxy when it changes.
+
+mod publisher;
+
+pub use publisher::Publisher;
+
+use billing_model::{
+    AccessStatus, BillingModel, BillingPeriod, Catalog, CustomerId, EntitlementSnapshot, Money,
+    PlanId, RedisKeys,
+};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// Why a snapshot could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum EntitlementError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error("stored state is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// Computes entitlement snapshots from PostgreSQL.
+#[derive(Clone)]
+pub struct Entitlements {
+    pool: PgPool,
+    redis: redis::aio::ConnectionManager,
+    catalog: Arc<Catalog>,
+    keys: RedisKeys,
+    upgrade_url: Option<String>,
+}
+
+/// The stored subscription fields an entitlement depends on.
+struct SubscriptionRow {
+    plan_type: String,
+    billing_model: String,
+    status: String,
+    current_period_start: Option<OffsetDateTime>,
+    current_period_end: Option<OffsetDateTime>,
+    grace_until: Option<OffsetDateTime>,
+}
+
+impl Entitlements {
+    pub fn new(
+        pool: PgPool,
+        redis: redis::aio::ConnectionManager,
+        catalog: Arc<Catalog>,
+        keys: RedisKeys,
+        upgrade_url: Option<String>,
+    ) -> Self {
+        Self {
+            pool,
+            redis,
+            catalog,
+            keys,
+            upgrade_url,
+        }
+    }
+
+    pub fn keys(&self) -> &RedisKeys {
+        &self.keys
+    }
+
+    /// The customer's entitlement now. A customer seen for the first time is recorded
+    /// (their Free periods run monthly from today) and is on the default plan.
+    ///
+    /// The version is the update sequence read *before* the ledger: an update
+    /// published after this read carries a higher sequence and wins in every proxy
+    /// cache, so a snapshot computed from older data can never replace it.
+    pub async fn snapshot(
+        &self,
+        customer: &CustomerId,
+    ) -> Result<EntitlementSnapshot, EntitlementError> {
+        let mut redis = self.redis.clone();
+        let version: Option<u64> = redis::cmd("GET")
+            .arg(self.keys.entitlement_seq())
+            .query_async(&mut redis)
+            .await?;
+        let anchor = sqlx::query_scalar!(
+            r#"WITH inserted AS (
+                   INSERT INTO customers (customer_id) VALUES ($1)
+                   ON CONFLICT (customer_id) DO NOTHING
+                   RETURNING free_period_anchor
+               )
+               SELECT free_period_anchor AS "anchor!" FROM inserted
+               UNION ALL
+               SELECT free_period_anchor FROM customers WHERE customer_id = $1"#,
+            customer.as_str()
+        )
+        .fetch_one(&self.pool)
+        .await?;
+
+        // The anchor comes from the database clock; never compute a period for an
+        // instant before it (that would be the period that ended at the anchor).
+        let now = OffsetDateTime::now_utc().max(anchor);
+
+        let subscription = sqlx::query_as!(
+            SubscriptionRow,
+            r#"SELECT plan_type, billing_model, status, current_period_start,
+                      current_period_end, grace_until
+               FROM subscriptions
+               WHERE customer_id = $1 AND status NOT IN ('incomplete', 'incomplete_expired')
+               ORDER BY created_at DESC
+               LIMIT 1"#,
+            customer.as_str()
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+
+        let free = self.catalog.free_plan();
+        let mut snapshot = match subscription
+            .as_ref()
+            .and_then(|s| self.paid(customer, s, now))
+        {
+            Some(paid) => paid,
+            None => {
+                let period = BillingPeriod::containing(anchor, now)
+                    .map_err(|e| EntitlementError::Inconsistent(e.to_string()))?;
+                EntitlementSnapshot::free_default(customer.clone(), &self.catalog, period)
+            }
+        };
+        snapshot.version = version.unwrap_or(0);
+        snapshot.upgrade_url = self.upgrade_url.clone();
+
+        snapshot.units_used = sqlx::query_scalar!(
+            r#"SELECT COALESCE(SUM(quantity), 0)::BIGINT AS "used!"
+               FROM usage_records
+               WHERE customer_id = $1 AND billing_period_start = $2"#,
+            customer.as_str(),
+            snapshot.period_start
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .try_into()
+        .unwrap_or(0);
+
+        let (purchased, used) = self.credit_units(customer).await?;
+        snapshot.credit_units_purchased = purchased;
+        snapshot.credit_units_used = used;
+        // Chat is a Free-plan privilege that ends with the allowance; paid plans keep it.
+        snapshot.chat_enabled = snapshot.plan != *free.id() || !snapshot.is_exhausted();
+        Ok(snapshot)
+    }
+
+    /// The snapshot of a stored subscription, or `None` when it no longer grants
+    /// anything beyond the Free plan (canceled).
+    fn paid(
+        &self,
+        customer: &CustomerId,
+        row: &SubscriptionRow,
+        now: OffsetDateTime,
+    ) -> Option<EntitlementSnapshot> {
+        let plan = PlanId::parse(&row.plan_type)
+            .ok()
+            .and_then(|id| self.catalog.get(&id))?;
+        let model = BillingModel::from_name(&row.billing_model)?;
+        let status = match row.status.as_str() {
+            "active" => AccessStatus::Active,
+            "trialing" => AccessStatus::Trialing,
+            "past_due" if row.grace_until.is_none_or(|g| g > now) => AccessStatus::PastDueInGrace,
+            "past_due" | "unpaid" | "paused" => AccessStatus::Lapsed,
+            _ => return None,
+        };
+        let (start, end) = (row.current_period_start?, row.current_period_end?);
+        // A period that has ended while its renewal webhook is still on the way: the
+        // next anniversary period has begun all the same.
+        let period = if now >= end {
+            BillingPeriod::containing(start, now).ok()?
+        } else {
+            BillingPeriod::from_bounds(start, end).ok()?
+        };
+        let included = if status.in_good_standing() {
+            plan.included_units()
+        } else {
+            self.catalog.free_plan().included_units()
+        };
+        Some(EntitlementSnapshot {
+            customer_id: customer.clone(),
+            plan: plan.id().clone(),
+            billing_model: model,
+            status,
+            period_start: period.start(),
+            period_end: period.end(),
+            included_units: u64::from(included),
+            overage_allowed: !plan.blocks_at_limit(),
+            units_used: 0,
+            credit_units_purchased: 0,
+            credit_units_used: 0,
+            chat_enabled: true,
+            upgrade_url: None,
+            version: 0,
+        })
+    }
+
+    /// Credit units bought (minus what expired or was revoked) and credit units used,
+    /// the two monotonic numbers the proxy enforces credits with.
+    async fn credit_units(&self, customer: &CustomerId) -> Result<(u64, u64), EntitlementError> {
+        let grants = sqlx::query!(
+            r#"SELECT credit_amount, used_amount, unit_price, closed_at IS NOT NULL AS "closed!"
+               FROM billing_credits WHERE customer_id = $1"#,
+            customer.as_str()
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let (mut purchased, mut used) = (0u64, 0u64);
+        for grant in grants {
+            let units = |amount: Decimal| -> u64 {
+                Money::from_decimal_exact(amount)
+                    .zip(Money::from_decimal_exact(grant.unit_price))
+                    .map(|(a, p)| billing_model::whole_units(a, p))
+                    .unwrap_or(0)
+            };
+            let bought = units(grant.credit_amount);
+            let consumed = units(grant.used_amount);
+            used += consumed;
+            // A closed grant stops counting what was left of it.
+            purchased += if grant.closed { consumed } else { bought };
+        }
+        Ok((purchased, used))
+    }
+}

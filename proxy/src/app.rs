@@ -1,0 +1,240 @@
+//! Wires the proxy together from its configuration: the pingora server, the proxy
+//! service, the admin listener and the background services.
+
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::counters::Counters;
+use crate::entitlements::{Entitlements, listen_for_updates};
+use crate::identity::Identity;
+use crate::metrics::ProxyMetrics;
+use crate::routes::RouteTable;
+use crate::service::TollgateProxy;
+use crate::shipper::Shipper;
+use crate::usage_log::UsageLog;
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use billing_model::RedisKeys;
+use billing_model::identity::IdentityVerifier;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{BackgroundService, background_service};
+use secrecy::ExposeSecret;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+/// Builds the server; `run_forever` on the result serves until SIGTERM/SIGINT.
+pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
+    let p = &config.proxy;
+    let metrics = Arc::new(ProxyMetrics::register(prometheus::default_registry())?);
+
+    // Redis connections and off-path work (commits, releases) live on a small runtime
+    // of their own: pingora's service runtimes come and go with their services.
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("tollgate-bg")
+        .enable_all()
+        .build()?;
+    let handle = background.handle().clone();
+    // The runtime must outlive `main`, which never returns (pingora exits the process).
+    std::mem::forget(background);
+    let _guard = handle.enter();
+
+    let redis_client = redis::Client::open(config.redis.url.expose_secret())
+        .context("redis.url is not a valid Redis URL")?;
+    let manager_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    let redis =
+        redis::aio::ConnectionManager::new_lazy_with_config(redis_client.clone(), manager_config)?;
+    let keys = RedisKeys::new(&config.redis.key_prefix).context("redis.key_prefix")?;
+
+    let jwks = load_jwks(&config)?;
+    let verifier = if config.identity.hs256_secret.is_some() || jwks.is_some() {
+        Some(IdentityVerifier::new(&config.identity, jwks.as_deref())?)
+    } else {
+        None
+    };
+    let identity = Arc::new(Identity::new(
+        verifier,
+        config.identity.trusted_header.as_deref(),
+    )?);
+    let routes = Arc::new(ArcSwap::from_pointee(RouteTable::from_settings(&p.routes)?));
+
+    let entitlements = Arc::new(Entitlements::new(
+        p.entitlement_cache_capacity,
+        &p.control_plane_url,
+        config.internal.service_token.clone(),
+        Duration::from_millis(p.entitlement_fill_timeout_ms),
+        metrics.clone(),
+    )?);
+    let usage_log = Arc::new(
+        UsageLog::open(&p.spool_dir)
+            .with_context(|| format!("proxy.spool_dir {}", p.spool_dir.display()))?,
+    );
+    let pending_commits = Arc::new(AtomicU64::new(0));
+    let reservation_ttl = Duration::from_secs(p.reservation_ttl_seconds);
+    if p.reservation_ttl_seconds <= p.upstream_timeout_seconds {
+        anyhow::bail!(
+            "proxy.reservation_ttl_seconds ({}) must exceed proxy.upstream_timeout_seconds ({}): a reservation must outlive the request that holds it",
+            p.reservation_ttl_seconds,
+            p.upstream_timeout_seconds
+        );
+    }
+
+    let conf = ServerConf {
+        threads: p.threads,
+        // No listener hand-over between processes: stop accepting at once, then drain.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(p.drain_seconds),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let service = TollgateProxy {
+        upstream: p.upstream,
+        upstream_timeout: Duration::from_secs(p.upstream_timeout_seconds),
+        routes: routes.clone(),
+        identity,
+        entitlements: entitlements.clone(),
+        counters: Counters::new(redis, reservation_ttl),
+        keys: keys.clone(),
+        usage_log: usage_log.clone(),
+        metrics: metrics.clone(),
+        redis_budget: Duration::from_millis(p.redis_budget_ms),
+        failure_policy: p.hard_limit_failure_policy,
+        reservation_ttl,
+        background: handle.clone(),
+        pending_commits: pending_commits.clone(),
+    };
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, service);
+    proxy.add_tcp(&p.listen.to_string());
+
+    let mut admin = pingora::services::listening::Service::new("admin".to_owned(), AdminApp);
+    admin.add_tcp(&p.metrics_listen.to_string());
+
+    let shipper = Shipper {
+        log: usage_log,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_millis(p.shipping.timeout_ms))
+            .build()?,
+        url: format!(
+            "{}/internal/v1/usage/batch",
+            p.control_plane_url.trim_end_matches('/')
+        ),
+        token: config.internal.service_token.clone(),
+        batch_size: p.shipping.batch_size,
+        max_delay: Duration::from_millis(p.shipping.max_delay_ms),
+        metrics: metrics.clone(),
+        entitlements: entitlements.clone(),
+        pending_commits,
+    };
+    let updates = UpdateListener {
+        client: redis_client,
+        channel: keys.entitlement_channel(),
+        entitlements,
+    };
+    let reloader = RouteReloader {
+        config_path,
+        routes,
+    };
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(background_service("usage shipper", shipper));
+    server.add_service(background_service("entitlement updates", updates));
+    server.add_service(background_service("route reloader", reloader));
+    Ok(server)
+}
+
+fn load_jwks(config: &Config) -> anyhow::Result<Option<String>> {
+    if let Some(path) = &config.identity.jwks_file {
+        return Ok(Some(std::fs::read_to_string(path).with_context(|| {
+            format!("reading identity.jwks_file {}", path.display())
+        })?));
+    }
+    if let Some(url) = &config.identity.jwks_url {
+        let text = std::thread::scope(|s| {
+            s.spawn(|| -> anyhow::Result<String> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let r = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(10))
+                        .build()?
+                        .get(url)
+                        .send()
+                        .await?
+                        .error_for_status()?;
+                    Ok(r.text().await?)
+                })
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("JWKS fetch panicked"))?
+        })
+        .with_context(|| format!("fetching identity.jwks_url {url}"))?;
+        return Ok(Some(text));
+    }
+    Ok(None)
+}
+
+struct UpdateListener {
+    client: redis::Client,
+    channel: String,
+    entitlements: Arc<Entitlements>,
+}
+
+#[async_trait]
+impl BackgroundService for UpdateListener {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        listen_for_updates(
+            self.client.clone(),
+            self.channel.clone(),
+            self.entitlements.clone(),
+            shutdown,
+        )
+        .await;
+    }
+}
+
+/// Re-reads the route table from the configuration file on SIGHUP. Only the routes are
+/// hot; everything else takes a restart.
+struct RouteReloader {
+    config_path: PathBuf,
+    routes: Arc<ArcSwap<RouteTable>>,
+}
+
+#[async_trait]
+impl BackgroundService for RouteReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; routes will not reload");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hangup.recv() => {}
+            }
+            match Config::load(&self.config_path)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| RouteTable::from_settings(&c.proxy.routes).map_err(Into::into))
+            {
+                Ok(table) => {
+                    self.routes.store(Arc::new(table));
+                    tracing::info!(path = %self.config_path.display(), "routes reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "routes not reloaded; keeping the current ones")
+                }
+            }
+        }
+    }
+}
