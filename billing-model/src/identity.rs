@@ -71,11 +71,20 @@ impl IdentityVerifier {
             let set: JwkSet = serde_json::from_str(text)
                 .map_err(|e| IdentityError::Config(format!("JWKS is not valid: {e}")))?;
             for jwk in &set.keys {
-                let Some(algorithm) = jwk
-                    .common
-                    .key_algorithm
-                    .and_then(|a| a.to_string().parse::<Algorithm>().ok())
-                else {
+                // `alg` is optional in a JWK: infer it from the key type when absent.
+                let algorithm = match jwk.common.key_algorithm {
+                    Some(a) => a.to_string().parse::<Algorithm>().ok(),
+                    None => match &jwk.algorithm {
+                        jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
+                        jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(ec)
+                            if ec.curve == jsonwebtoken::jwk::EllipticCurve::P256 =>
+                        {
+                            Some(Algorithm::ES256)
+                        }
+                        _ => None,
+                    },
+                };
+                let Some(algorithm) = algorithm else {
                     continue;
                 };
                 if !matches!(algorithm, Algorithm::RS256 | Algorithm::ES256) {
@@ -239,6 +248,77 @@ mod tests {
             .issue(&customer(), now(), 60)
             .unwrap();
         let verifier = IdentityVerifier::new(&settings(SECRET), None).unwrap();
+        assert_eq!(verifier.verify(&token), Err(IdentityError::Rejected));
+    }
+
+    /// A throwaway P-256 key made for this test only.
+    const ES256_TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgcuSDofCSi7pqDc3W
+UMVDbwlIW7l+AiApwggaM5ik2FuhRANCAAQleUKSlRFHaaqFCe98uBQkTc96Tb5M
+84rQYE/UWz1NLaRs6x6anqoEeEhCk0XHphGrhaRRtXtyaejmsyBJ3Zjl
+-----END PRIVATE KEY-----";
+
+    fn es256_jwks(with_alg: bool) -> String {
+        let key = EncodingKey::from_ec_pem(ES256_TEST_KEY.as_bytes()).unwrap();
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
+        jwk.common.key_id = Some("k1".into());
+        if !with_alg {
+            jwk.common.key_algorithm = None;
+        }
+        serde_json::json!({ "keys": [jwk] }).to_string()
+    }
+
+    fn es256_token(kid: &str, aud: &str) -> String {
+        let key = EncodingKey::from_ec_pem(ES256_TEST_KEY.as_bytes()).unwrap();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.into());
+        let claims = Claims {
+            sub: "cust-42".into(),
+            iss: "tollgate-test".into(),
+            aud: aud.into(),
+            iat: now(),
+            exp: now() + 60,
+        };
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+
+    fn jwks_only() -> IdentitySettings {
+        let mut s = settings(SECRET);
+        s.hs256_secret = None;
+        s
+    }
+
+    #[test]
+    fn an_es256_token_verifies_against_the_jwks() {
+        for with_alg in [true, false] {
+            let verifier =
+                IdentityVerifier::new(&jwks_only(), Some(&es256_jwks(with_alg))).unwrap();
+            assert_eq!(
+                verifier.verify(&es256_token("k1", "ticket-api")).unwrap(),
+                customer()
+            );
+        }
+    }
+
+    #[test]
+    fn an_es256_token_for_another_audience_or_unknown_key_is_refused() {
+        let verifier = IdentityVerifier::new(&jwks_only(), Some(&es256_jwks(true))).unwrap();
+        assert!(verifier.verify(&es256_token("k1", "elsewhere")).is_err());
+        assert!(
+            verifier
+                .verify(&es256_token("other-key", "ticket-api"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn an_hs256_token_is_refused_when_only_a_jwks_is_configured() {
+        // Algorithm confusion: an HS256 token must not be checked against a public key.
+        let verifier = IdentityVerifier::new(&jwks_only(), Some(&es256_jwks(true))).unwrap();
+        let token = TokenIssuer::new(&settings(SECRET))
+            .unwrap()
+            .issue(&customer(), now(), 60)
+            .unwrap();
         assert_eq!(verifier.verify(&token), Err(IdentityError::Rejected));
     }
 

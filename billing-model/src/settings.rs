@@ -46,9 +46,6 @@ pub struct RedisSettings {
     /// one Redis without seeing each other's data.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
-    /// Use Redis Cluster (keys carry a `{customer}` hash tag).
-    #[serde(default)]
-    pub cluster: bool,
 }
 
 fn default_key_prefix() -> String {

@@ -77,6 +77,7 @@ pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
             .with_context(|| format!("proxy.spool_dir {}", p.spool_dir.display()))?,
     );
     let pending_commits = Arc::new(AtomicU64::new(0));
+    let unsettled = Arc::new(AtomicU64::new(0));
     let reservation_ttl = Duration::from_secs(p.reservation_ttl_seconds);
     if p.reservation_ttl_seconds <= p.upstream_timeout_seconds {
         anyhow::bail!(
@@ -88,9 +89,10 @@ pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
 
     let conf = ServerConf {
         threads: p.threads,
-        // No listener hand-over between processes: stop accepting at once, then drain.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(p.drain_seconds),
+        // On SIGTERM pingora stops accepting, lets in-flight requests run for the grace
+        // period, then stops its runtimes: the grace period *is* the drain.
+        grace_period_seconds: Some(p.drain_seconds),
+        graceful_shutdown_timeout_seconds: Some(2),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -111,6 +113,7 @@ pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
         reservation_ttl,
         background: handle.clone(),
         pending_commits: pending_commits.clone(),
+        unsettled: unsettled.clone(),
     };
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, service);
     proxy.add_tcp(&p.listen.to_string());
@@ -133,6 +136,8 @@ pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
         metrics: metrics.clone(),
         entitlements: entitlements.clone(),
         pending_commits,
+        unsettled,
+        drain: Duration::from_secs(p.drain_seconds),
     };
     let updates = UpdateListener {
         client: redis_client,

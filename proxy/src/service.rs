@@ -51,6 +51,8 @@ pub struct TollgateProxy {
     /// Where commits and releases run, off the request path.
     pub background: tokio::runtime::Handle,
     pub pending_commits: Arc<AtomicU64>,
+    /// Admitted metered requests not yet consumed or released (the drain waits for them).
+    pub unsettled: Arc<AtomicU64>,
 }
 
 /// A metered request that was let through and has not been settled yet.
@@ -248,15 +250,18 @@ impl TollgateProxy {
                     s.included_units.saturating_sub(used),
                     now,
                 ));
-                ctx.admission = Some(Admission {
-                    event_id,
-                    customer,
-                    entitlement,
-                    usage_type,
-                    units,
-                    counter,
-                    reserved: false,
-                });
+                self.admit(
+                    ctx,
+                    Admission {
+                        event_id,
+                        customer,
+                        entitlement,
+                        usage_type,
+                        units,
+                        counter,
+                        reserved: false,
+                    },
+                );
                 self.decision(class, "admitted_overage");
                 return Ok(false);
             }
@@ -315,15 +320,18 @@ impl TollgateProxy {
                     remaining,
                     now,
                 ));
-                ctx.admission = Some(Admission {
-                    event_id,
-                    customer,
-                    entitlement,
-                    usage_type,
-                    units,
-                    counter,
-                    reserved: true,
-                });
+                self.admit(
+                    ctx,
+                    Admission {
+                        event_id,
+                        customer,
+                        entitlement,
+                        usage_type,
+                        units,
+                        counter,
+                        reserved: true,
+                    },
+                );
                 self.decision(class, "admitted");
                 Ok(false)
             }
@@ -365,15 +373,18 @@ impl TollgateProxy {
                 }
                 FailurePolicy::Allow => {
                     tracing::warn!(error = %e, customer = %customer, "usage check unavailable; admitting (policy allow)");
-                    ctx.admission = Some(Admission {
-                        event_id,
-                        customer,
-                        entitlement,
-                        usage_type,
-                        units,
-                        counter,
-                        reserved: false,
-                    });
+                    self.admit(
+                        ctx,
+                        Admission {
+                            event_id,
+                            customer,
+                            entitlement,
+                            usage_type,
+                            units,
+                            counter,
+                            reserved: false,
+                        },
+                    );
                     self.decision(class, "fail_open");
                     Ok(false)
                 }
@@ -381,9 +392,15 @@ impl TollgateProxy {
         }
     }
 
+    fn admit(&self, ctx: &mut RequestCtx, admission: Admission) {
+        self.unsettled.fetch_add(1, Ordering::Relaxed);
+        ctx.admission = Some(admission);
+    }
+
     /// The upstream succeeded: the usage event goes to the log now (before the response
     /// leaves), and the counter is committed off the request path.
     fn consume(&self, admission: Admission) {
+        self.unsettled.fetch_sub(1, Ordering::Relaxed);
         let event = UsageEvent {
             event_id: admission.event_id,
             customer_id: admission.customer,
@@ -444,6 +461,7 @@ impl TollgateProxy {
 
     /// Gives a reservation back (upstream failed, or no response came).
     fn release(&self, admission: Admission) {
+        self.unsettled.fetch_sub(1, Ordering::Relaxed);
         if !admission.reserved {
             return;
         }

@@ -25,6 +25,10 @@ pub struct Shipper {
     pub entitlements: Arc<Entitlements>,
     /// Counter commits still running on the background runtime.
     pub pending_commits: Arc<AtomicU64>,
+    /// Admitted metered requests whose upstream has not answered yet.
+    pub unsettled: Arc<AtomicU64>,
+    /// How long pingora lets in-flight requests run after SIGTERM.
+    pub drain: Duration,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -119,12 +123,17 @@ impl Shipper {
         Ok(())
     }
 
-    /// At shutdown: let running commits finish, then ship what is left (whatever cannot
-    /// be shipped now stays on disk for the next start).
+    /// At shutdown: keep shipping while in-flight requests finish (they may still
+    /// consume units), then ship what is left. Whatever cannot be shipped now stays on
+    /// disk for the next start.
     async fn drain(&self) {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while self.pending_commits.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // Leave a second of the grace period for the final shipment.
+        let deadline = Instant::now() + self.drain.saturating_sub(Duration::from_secs(1));
+        while (self.unsettled.load(Ordering::Relaxed) > 0
+            || self.pending_commits.load(Ordering::Relaxed) > 0)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let shipped = tokio::time::timeout(Duration::from_secs(5), self.ship_once()).await;
         match shipped {

@@ -510,3 +510,38 @@ async fn missing_malformed_expired_and_foreign_tokens_are_refused_with_401() {
     assert_eq!(r.status(), 401);
     assert_eq!(stack.upstream_stats().await.unwrap()["ticket_posts"], 0);
 }
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_ships_their_usage_before_exit() {
+    let mut stack = Stack::start().await.unwrap();
+    let token = stack.token("drainer").unwrap();
+    let slow = {
+        let http = stack.http.clone();
+        let url = stack.proxy_url("/api/v1/tickets");
+        let token = token.clone();
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(token)
+                .header("x-standin-delay-ms", "1500")
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = stack
+        .proxy
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(15))
+        .unwrap();
+    assert!(status.success(), "the proxy exits cleanly: {status:?}");
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        201,
+        "the in-flight request completed"
+    );
+    // Shipped during the drain: no proxy is running any more.
+    stack.wait_for_ledger("drainer", 1).await.unwrap();
+}

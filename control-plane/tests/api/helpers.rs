@@ -1,3 +1,4 @@
+use secrecy::ExposeSecret;
 use std::path::Path;
 use tollgate_control_plane::config::Config;
 use tollgate_control_plane::startup::Application;
@@ -8,6 +9,8 @@ pub struct TestApp {
     pub address: String,
     pub metrics_address: String,
     pub http: reqwest::Client,
+    pub pool: sqlx::PgPool,
+    pub service_token: String,
     _shutdown: tokio::sync::oneshot::Sender<()>,
     _database: TestDatabase,
 }
@@ -29,11 +32,13 @@ pub fn test_config(database_url: &str) -> Config {
 pub async fn spawn_app() -> TestApp {
     let database = TestDatabase::create().await.expect("test database");
     let config = test_config(&database.url);
+    let service_token = config.internal.service_token.expose_secret().to_owned();
     let app = Application::build(config)
         .await
         .expect("application builds");
     let address = format!("http://{}", app.api_addr());
     let metrics_address = format!("http://{}", app.metrics_addr());
+    let pool = app.state().pool.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until(async move {
         let _ = rx.await;
@@ -42,6 +47,8 @@ pub async fn spawn_app() -> TestApp {
         address,
         metrics_address,
         http: reqwest::Client::new(),
+        pool,
+        service_token,
         _shutdown: tx,
         _database: database,
     }
@@ -59,4 +66,27 @@ pub async fn migrated_database() -> (TestDatabase, sqlx::PgPool) {
 
 pub fn repo_file(rel: &str) -> std::path::PathBuf {
     workspace_root().join(Path::new(rel))
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// A customer's bearer token, signed with the demo configuration's secret.
+    pub fn customer_token(&self, customer: &str) -> String {
+        let settings = test_config("postgres://unused").identity;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        billing_model::identity::TokenIssuer::new(&settings)
+            .unwrap()
+            .issue(
+                &billing_model::CustomerId::parse(customer).unwrap(),
+                now,
+                600,
+            )
+            .unwrap()
+    }
 }
