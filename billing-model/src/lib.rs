@@ -9,6 +9,8 @@
 
 pub mod burndown;
 pub mod catalog;
+#[cfg(feature = "counters")]
+pub mod counters;
 pub mod customer;
 pub mod entitlement;
 pub mod identity;

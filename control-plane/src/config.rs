@@ -41,6 +41,21 @@ pub struct ControlPlaneSettings {
     /// Where a refused customer is sent to upgrade or pay (the frontend's billing page).
     #[serde(default)]
     pub upgrade_url: Option<String>,
+    /// How often Redis usage counters are reconciled with the ledger, in seconds.
+    #[serde(default = "default_reconcile_interval")]
+    pub counter_reconcile_interval_seconds: u64,
+    /// Raw usage records older than this (in ended periods) are folded into per-period
+    /// totals. Keep it longer than any proxy could hold events in its usage log.
+    #[serde(default = "default_retention_days")]
+    pub usage_retention_days: u32,
+}
+
+fn default_retention_days() -> u32 {
+    400
+}
+
+fn default_reconcile_interval() -> u64 {
+    30
 }
 
 fn default_max_connections() -> u32 {

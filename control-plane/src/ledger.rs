@@ -1,15 +1,23 @@
-//! The usage ledger: every consumed unit is one row, whatever how often it is delivered.
+//! The usage ledger: every consumed unit is one row, however often it is delivered;
+//! credit customers' units are deducted from their grants in the same transaction.
 
-use billing_model::UsageEvent;
-use sqlx::PgPool;
+use crate::http::usage::{Granularity, HistoryBucket};
+use billing_model::{CreditGrant, CustomerId, Money, UsageEvent, deduct_fifo};
+use rust_decimal::Decimal;
+use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
 
 /// What one batch did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct IngestOutcome {
     /// Events stored now.
     pub inserted: u64,
     /// Events already stored (a retry or a duplicate within the batch).
     pub duplicates: u64,
+    /// Credit customers whose balance changed (their entitlement must be republished).
+    #[serde(skip)]
+    pub credit_customers: Vec<CustomerId>,
 }
 
 /// Stores a batch in one statement; events already stored are skipped by event id.
@@ -18,6 +26,7 @@ pub async fn ingest(pool: &PgPool, events: &[UsageEvent]) -> Result<IngestOutcom
         return Ok(IngestOutcome {
             inserted: 0,
             duplicates: 0,
+            credit_customers: Vec::new(),
         });
     }
     let n = events.len();
@@ -44,13 +53,15 @@ pub async fn ingest(pool: &PgPool, events: &[UsageEvent]) -> Result<IngestOutcom
         occurred.push(e.occurred_at);
         tickets.push(e.ticket_id.clone());
     }
-    let result = sqlx::query!(
+    let mut tx = pool.begin().await?;
+    let stored = sqlx::query!(
         r#"INSERT INTO usage_records
                (event_id, customer_id, usage_type, quantity,
                 billing_period_start, billing_period_end, occurred_at, ticket_id)
            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[],
                                 $5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $8::text[])
-           ON CONFLICT (event_id) DO NOTHING"#,
+           ON CONFLICT (event_id) DO NOTHING
+           RETURNING customer_id, quantity"#,
         &ids,
         &customers,
         &types,
@@ -60,11 +71,200 @@ pub async fn ingest(pool: &PgPool, events: &[UsageEvent]) -> Result<IngestOutcom
         &occurred,
         &tickets as &[Option<String>],
     )
-    .execute(pool)
+    .fetch_all(&mut *tx)
     .await?;
-    let inserted = result.rows_affected();
+    let inserted = stored.len() as u64;
+    let mut units: BTreeMap<String, u64> = BTreeMap::new();
+    for row in stored {
+        *units.entry(row.customer_id).or_default() += u64::try_from(row.quantity).unwrap_or(0);
+    }
+    let credit_customers = burn_credits(&mut tx, &units).await?;
+    tx.commit().await?;
     Ok(IngestOutcome {
         inserted,
         duplicates: n as u64 - inserted,
+        credit_customers,
     })
+}
+
+/// Deducts newly stored units of credit-burndown customers from their grants: each
+/// unit takes its grant's per-ticket price from the grant that expires first. The
+/// proxy never admits more units than were bought, so the balance suffices; if it does
+/// not (a grant expired meanwhile), what is left is used and the shortfall logged —
+/// a grant never goes below zero (the schema's CHECK guarantees it too).
+async fn burn_credits(
+    tx: &mut Transaction<'_, Postgres>,
+    units: &BTreeMap<String, u64>,
+) -> Result<Vec<CustomerId>, sqlx::Error> {
+    if units.is_empty() {
+        return Ok(Vec::new());
+    }
+    let customers: Vec<String> = units.keys().cloned().collect();
+    let credit_customers = sqlx::query_scalar!(
+        r#"SELECT DISTINCT ON (customer_id) customer_id AS "customer_id!"
+           FROM subscriptions
+           WHERE customer_id = ANY($1) AND billing_model = 'credit_burndown'
+             AND status NOT IN ('incomplete', 'incomplete_expired', 'canceled')
+           ORDER BY customer_id, created_at DESC"#,
+        &customers
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let now = OffsetDateTime::now_utc();
+    let mut changed = Vec::new();
+    for customer in credit_customers {
+        let wanted = units.get(&customer).copied().unwrap_or(0);
+        let rows = sqlx::query!(
+            r#"SELECT id, remaining_amount AS "remaining!", unit_price, expires_at, created_at
+               FROM billing_credits
+               WHERE customer_id = $1 AND closed_at IS NULL AND remaining_amount > 0
+               ORDER BY expires_at NULLS LAST, created_at, id
+               FOR UPDATE"#,
+            customer
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        let price_of: BTreeMap<uuid::Uuid, Money> = rows
+            .iter()
+            .filter_map(|r| Money::from_decimal_exact(r.unit_price).map(|p| (r.id, p)))
+            .collect();
+        let mut grants: Vec<CreditGrant> = rows
+            .iter()
+            .filter_map(|r| {
+                Some(CreditGrant {
+                    id: r.id,
+                    remaining: Money::from_decimal_exact(r.remaining)?,
+                    expires_at: r.expires_at,
+                    granted_at: r.created_at,
+                })
+            })
+            .collect();
+        let mut taken: BTreeMap<uuid::Uuid, Money> = BTreeMap::new();
+        let mut short = 0u64;
+        for _ in 0..wanted {
+            // The unit's price is that of the grant it is taken from: the first usable
+            // one in consumption order that still holds a whole ticket.
+            let next = grants
+                .iter()
+                .filter(|g| g.is_usable(now))
+                .find(|g| price_of.get(&g.id).is_some_and(|p| g.remaining >= *p));
+            let Some(price) = next.and_then(|g| price_of.get(&g.id)).copied() else {
+                short += 1;
+                continue;
+            };
+            match deduct_fifo(&grants, price, now) {
+                Ok(deductions) => {
+                    for d in deductions {
+                        if let Some(g) = grants.iter_mut().find(|g| g.id == d.grant_id) {
+                            g.remaining = g.remaining - d.amount;
+                        }
+                        let entry = taken.entry(d.grant_id).or_insert(Money::ZERO);
+                        *entry = *entry + d.amount;
+                    }
+                }
+                Err(_) => short += 1,
+            }
+        }
+        if short > 0 {
+            tracing::error!(customer = %customer, short, "credit burndown: units consumed beyond the balance");
+        }
+        for (grant, amount) in &taken {
+            sqlx::query!(
+                "UPDATE billing_credits SET used_amount = used_amount + $2, updated_at = now()
+                 WHERE id = $1",
+                grant,
+                amount.as_decimal()
+            )
+            .execute(&mut **tx)
+            .await?;
+        }
+        if let Ok(id) = CustomerId::parse(&customer) {
+            changed.push(id);
+        }
+    }
+    Ok(changed)
+}
+
+/// What is left on a customer's usable credit grants.
+pub async fn credit_balance(pool: &PgPool, customer: &CustomerId) -> Result<Money, sqlx::Error> {
+    let sum: Decimal = sqlx::query_scalar!(
+        r#"SELECT COALESCE(SUM(remaining_amount), 0) AS "sum!"
+           FROM billing_credits
+           WHERE customer_id = $1 AND closed_at IS NULL
+             AND (expires_at IS NULL OR expires_at > now())"#,
+        customer.as_str()
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Money::from_decimal_exact(sum).unwrap_or(Money::ZERO))
+}
+
+/// Usage between `from` and `to` by day (UTC) or by billing period, and usage type.
+pub async fn history(
+    pool: &PgPool,
+    customer: &CustomerId,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+    granularity: Granularity,
+) -> Result<Vec<HistoryBucket>, sqlx::Error> {
+    let rows = match granularity {
+        Granularity::Day => sqlx::query!(
+            r#"SELECT date_trunc('day', occurred_at, 'UTC') AS "start!",
+                      usage_type, SUM(quantity)::BIGINT AS "quantity!"
+               FROM usage_records
+               WHERE customer_id = $1 AND occurred_at >= $2 AND occurred_at < $3
+               GROUP BY 1, 2 ORDER BY 1, 2"#,
+            customer.as_str(),
+            from,
+            to
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| HistoryBucket {
+            start: r.start,
+            end: r.start + time::Duration::days(1),
+            usage_type: r.usage_type,
+            quantity: r.quantity,
+        })
+        .collect(),
+        Granularity::Period => sqlx::query!(
+            r#"SELECT billing_period_start AS "billing_period_start!",
+                      billing_period_end AS "billing_period_end!",
+                      usage_type AS "usage_type!", SUM(quantity)::BIGINT AS "quantity!"
+               FROM (
+                   SELECT billing_period_start, billing_period_end, usage_type, quantity::BIGINT
+                   FROM usage_records WHERE customer_id = $1
+                   UNION ALL
+                   SELECT billing_period_start, billing_period_end, usage_type, quantity
+                   FROM usage_period_totals WHERE customer_id = $1
+               ) u
+               WHERE billing_period_end > $2 AND billing_period_start < $3
+               GROUP BY 1, 2, 3 ORDER BY 1, 3"#,
+            customer.as_str(),
+            from,
+            to
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| HistoryBucket {
+            start: r.billing_period_start,
+            end: r.billing_period_end,
+            usage_type: r.usage_type,
+            quantity: r.quantity,
+        })
+        .collect(),
+    };
+    Ok(rows)
+}
+
+/// Whether an event id is already in the ledger.
+pub async fn exists(pool: &PgPool, event_id: uuid::Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM usage_records WHERE event_id = $1) AS "exists!""#,
+        event_id
+    )
+    .fetch_one(pool)
+    .await
 }

@@ -25,6 +25,8 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Reconcile Redis usage counters with the ledger once, print the report and exit.
+    ReconcileCounters,
     /// Print a bearer token for a customer (HS256 with the configured secret).
     Token {
         /// The ticket API's user id.
@@ -52,6 +54,24 @@ async fn main() -> anyhow::Result<()> {
             let pool = db::connect(&config.control_plane.database_url, 1).await?;
             db::migrate(&pool).await?;
             tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::ReconcileCounters => {
+            telemetry::init(&config.log);
+            let app = Application::build(config).await?;
+            let state = app.state();
+            let keys = state.publisher.entitlements().keys().clone();
+            match tollgate_control_plane::jobs::counters::run_once(
+                &state.pool,
+                &state.redis,
+                &keys,
+                &state.metrics,
+            )
+            .await?
+            {
+                Some(report) => println!("{}", serde_json::to_string_pretty(&report)?),
+                None => println!("another replica is reconciling right now"),
+            }
             Ok(())
         }
         Command::Token {

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::Arc;
 
 /// Every metric the control plane exports, registered once.
@@ -13,6 +13,9 @@ pub struct Metrics {
     pub registry: Registry,
     pub http_requests: IntCounterVec,
     pub usage_events_ingested: IntCounterVec,
+    /// Usage counter accuracy: units Redis is behind / ahead of the ledger.
+    pub counter_drift_units: IntGaugeVec,
+    pub counter_repairs: IntCounter,
 }
 
 impl Metrics {
@@ -34,10 +37,25 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(usage_events_ingested.clone()))?;
+        let counter_drift_units = IntGaugeVec::new(
+            Opts::new(
+                "usage_counter_drift_units",
+                "Units the Redis usage counters differ from the ledger at the last reconciliation, by direction",
+            ),
+            &["direction"],
+        )?;
+        registry.register(Box::new(counter_drift_units.clone()))?;
+        let counter_repairs = IntCounter::with_opts(Opts::new(
+            "usage_counter_repairs_total",
+            "Redis usage counters raised to the ledger by reconciliation",
+        ))?;
+        registry.register(Box::new(counter_repairs.clone()))?;
         Ok(Self {
             registry,
             http_requests,
             usage_events_ingested,
+            counter_drift_units,
+            counter_repairs,
         })
     }
 

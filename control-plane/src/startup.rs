@@ -18,6 +18,8 @@ pub struct Application {
     api: TcpListener,
     metrics_listener: TcpListener,
     state: AppState,
+    counter_reconcile_interval: u64,
+    retention_days: u32,
 }
 
 impl Application {
@@ -53,6 +55,7 @@ impl Application {
             .with_context(|| format!("binding {}", config.control_plane.metrics_listen))?;
         let catalog = Arc::new(catalog);
         let keys = RedisKeys::new(&config.redis.key_prefix).context("redis.key_prefix")?;
+        let redis_for_counters = redis.clone();
         let entitlements = Entitlements::new(
             pool.clone(),
             redis.clone(),
@@ -68,11 +71,17 @@ impl Application {
             metrics,
             publisher: Publisher::new(entitlements),
             service_token: config.internal.service_token.clone(),
+            counters: billing_model::counters::Counters::new(
+                redis_for_counters,
+                std::time::Duration::from_secs(120),
+            ),
         };
         Ok(Self {
             api,
             metrics_listener,
             state,
+            counter_reconcile_interval: config.control_plane.counter_reconcile_interval_seconds,
+            retention_days: config.control_plane.usage_retention_days,
         })
     }
 
@@ -92,12 +101,59 @@ impl Application {
         &self.state
     }
 
+    /// Starts the periodic jobs; they stop with `stop`.
+    fn spawn_jobs(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        let state = self.state.clone();
+        let counters_stop = stop.clone();
+        let interval = std::time::Duration::from_secs(self.counter_reconcile_interval.max(1));
+        tokio::spawn(crate::jobs::every(interval, counters_stop, move || {
+            let state = state.clone();
+            async move {
+                let keys = state.publisher.entitlements().keys().clone();
+                if let Err(e) = crate::jobs::counters::run_once(
+                    &state.pool,
+                    &state.redis,
+                    &keys,
+                    &state.metrics,
+                )
+                .await
+                {
+                    tracing::warn!(error = %e, "counter reconciliation failed");
+                }
+            }
+        }));
+        let pool = self.state.pool.clone();
+        let days = i32::try_from(self.retention_days).unwrap_or(i32::MAX);
+        tokio::spawn(crate::jobs::every(
+            std::time::Duration::from_secs(3600),
+            stop,
+            move || {
+                let pool = pool.clone();
+                async move {
+                    let run =
+                        crate::jobs::with_lock(&pool, crate::jobs::RETENTION_LOCK, || async {
+                            Ok(crate::jobs::retention::fold_old_usage(&pool, days).await?)
+                        })
+                        .await;
+                    match run {
+                        Ok(Some(n)) if n > 0 => {
+                            tracing::info!(folded = n, "old usage folded into period totals")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "usage retention failed"),
+                    }
+                }
+            },
+        ));
+    }
+
     /// Serves until `shutdown` resolves, then finishes in-flight requests.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        self.spawn_jobs(stop_rx.clone());
         let metrics_app = metrics::router(self.state.metrics.clone());
         let mut metrics_stop = stop_rx.clone();
         let metrics_task = tokio::spawn(async move {

@@ -36,6 +36,14 @@ wait_for() { # name, url
 }
 
 start ticket-api "$bin/ticket-api-standin" --listen 127.0.0.1:8090
+# The Stripe stand-in, unless the configuration points at real Stripe.
+if grep -Eq '^api_base *= *"http://127\.0\.0\.1:12111"' "$CONFIG"; then
+  start stripe "$bin/stripe-standin" --listen 127.0.0.1:12111 \
+    --webhook-url http://127.0.0.1:8081/api/v1/webhooks/stripe \
+    --webhook-secret "$(sed -nE 's/^webhook_secrets *= *\["([^"]+)".*/\1/p' "$CONFIG")" \
+    --api-key "$(sed -nE 's/^secret_key *= *"([^"]+)".*/\1/p' "$CONFIG")"
+  wait_for stripe http://127.0.0.1:12111/health
+fi
 start control-plane "$bin/tollgate-control-plane" --config "$CONFIG"
 start proxy "$bin/tollgate-proxy" --config "$CONFIG"
 wait_for ticket-api http://127.0.0.1:8090/health
@@ -47,6 +55,7 @@ cat <<TXT
   proxy          http://127.0.0.1:8080   metrics http://127.0.0.1:9101/metrics
   control plane  http://127.0.0.1:8081   metrics http://127.0.0.1:9102/metrics
   ticket API     http://127.0.0.1:8090   (stand-in)
+  Stripe         http://127.0.0.1:12111  (stand-in, unless real Stripe is configured)
 Try: curl -s http://127.0.0.1:8081/api/v1/billing/plans
 Ctrl-C stops everything.
 TXT

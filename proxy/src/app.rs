@@ -3,7 +3,6 @@
 
 use crate::admin::AdminApp;
 use crate::config::Config;
-use crate::counters::Counters;
 use crate::entitlements::{Entitlements, listen_for_updates};
 use crate::identity::Identity;
 use crate::metrics::ProxyMetrics;
@@ -15,6 +14,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use billing_model::RedisKeys;
+use billing_model::counters::Counters;
 use billing_model::identity::IdentityVerifier;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};

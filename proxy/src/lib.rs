@@ -4,7 +4,6 @@
 pub mod admin;
 pub mod app;
 pub mod config;
-pub mod counters;
 pub mod entitlements;
 pub mod identity;
 pub mod metrics;

@@ -11,7 +11,6 @@
 //! No per-request call to PostgreSQL or to the control plane.
 
 use crate::config::FailurePolicy;
-use crate::counters::{CounterError, CounterRef, Counters};
 use crate::entitlements::{Entitlement, Entitlements};
 use crate::identity::Identity;
 use crate::metrics::ProxyMetrics;
@@ -20,6 +19,7 @@ use crate::routes::{RouteClass, RouteTable};
 use crate::usage_log::UsageLog;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use billing_model::counters::{CounterError, CounterRef, Counters};
 use billing_model::identity::IdentityError;
 use billing_model::{
     Counter, CounterScope, CustomerId, Enforcement, RedisKeys, RefusalCode, UsageEvent, UsageType,

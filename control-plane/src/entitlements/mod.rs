@@ -198,29 +198,31 @@ impl Entitlements {
     }
 
     /// Credit units bought (minus what expired or was revoked) and credit units used,
-    /// the two monotonic numbers the proxy enforces credits with.
+    /// the two monotonic numbers the proxy enforces credits with. Summed per unit price
+    /// first, so a ticket whose price was split across two grants still counts once.
     async fn credit_units(&self, customer: &CustomerId) -> Result<(u64, u64), EntitlementError> {
-        let grants = sqlx::query!(
-            r#"SELECT credit_amount, used_amount, unit_price, closed_at IS NOT NULL AS "closed!"
-               FROM billing_credits WHERE customer_id = $1"#,
+        let groups = sqlx::query!(
+            r#"SELECT unit_price,
+                      SUM(CASE WHEN closed_at IS NULL THEN credit_amount ELSE used_amount END)
+                          AS "purchased!",
+                      SUM(used_amount) AS "used!"
+               FROM billing_credits WHERE customer_id = $1
+               GROUP BY unit_price"#,
             customer.as_str()
         )
         .fetch_all(&self.pool)
         .await?;
-        let (mut purchased, mut used) = (0u64, 0u64);
-        for grant in grants {
-            let units = |amount: Decimal| -> u64 {
-                Money::from_decimal_exact(amount)
-                    .zip(Money::from_decimal_exact(grant.unit_price))
-                    .map(|(a, p)| billing_model::whole_units(a, p))
-                    .unwrap_or(0)
-            };
-            let bought = units(grant.credit_amount);
-            let consumed = units(grant.used_amount);
-            used += consumed;
-            // A closed grant stops counting what was left of it.
-            purchased += if grant.closed { consumed } else { bought };
-        }
-        Ok((purchased, used))
+        let units = |amount: Decimal, price: Decimal| -> u64 {
+            Money::from_decimal_exact(amount)
+                .zip(Money::from_decimal_exact(price))
+                .map(|(a, p)| billing_model::whole_units(a, p))
+                .unwrap_or(0)
+        };
+        Ok(groups.iter().fold((0, 0), |(bought, used), g| {
+            (
+                bought + units(g.purchased, g.unit_price),
+                used + units(g.used, g.unit_price),
+            )
+        }))
     }
 }

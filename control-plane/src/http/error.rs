@@ -14,10 +14,33 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("invalid {field}: {message}")]
     Validation { field: String, message: String },
+    /// The same refusal the proxy gives: a limit is reached.
+    #[error("{}", .0.detail)]
+    Refused(Box<Refusal>),
+    /// Redis is unreachable: limits cannot be checked, so nothing is consumed.
+    #[error("usage limits cannot be checked right now")]
+    LimitsUnavailable,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// A limit refusal's details (the proxy's problem body, field for field).
+#[derive(Debug, Serialize)]
+pub struct Refusal {
+    #[serde(skip)]
+    pub status: u16,
+    #[serde(skip)]
+    pub code: &'static str,
+    #[serde(skip)]
+    pub detail: String,
+    pub plan: String,
+    pub limit: u64,
+    pub used: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub period_end: time::OffsetDateTime,
+    pub upgrade_url: Option<String>,
 }
 
 /// RFC 9457 problem details, plus tollgate's stable `code`.
@@ -32,6 +55,8 @@ pub struct Problem {
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Box<Refusal>>,
 }
 
 impl ApiError {
@@ -40,6 +65,13 @@ impl ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ApiError::Refused(r) => (
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN),
+                r.code,
+            ),
+            ApiError::LimitsUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "usage_check_unavailable")
+            }
             ApiError::Database(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }
@@ -50,6 +82,19 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let refusal = match &self {
+            ApiError::Refused(r) => Some(Box::new(Refusal {
+                status: r.status,
+                code: r.code,
+                detail: r.detail.clone(),
+                plan: r.plan.clone(),
+                limit: r.limit,
+                used: r.used,
+                period_end: r.period_end,
+                upgrade_url: r.upgrade_url.clone(),
+            })),
+            _ => None,
+        };
         let (detail, field) = match &self {
             ApiError::Database(e) => {
                 tracing::error!(error = %e, "database error");
@@ -69,6 +114,7 @@ impl IntoResponse for ApiError {
             code,
             detail,
             field,
+            refusal,
         };
         let mut response = (status, Json(problem)).into_response();
         response.headers_mut().insert(

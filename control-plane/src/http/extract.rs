@@ -64,6 +64,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The customer a request acts for, from the same bearer token the proxy verifies.
+/// Handlers only ever see this customer's data: there is no customer id in any path or
+/// body of the customer-facing API, so one customer cannot name another's.
+pub struct AuthenticatedCustomer(pub billing_model::CustomerId);
+
+impl FromRequestParts<super::AppState> for AuthenticatedCustomer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &super::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized("bearer token required"))?;
+        state
+            .identity
+            .verify(token.trim())
+            .map(AuthenticatedCustomer)
+            .map_err(|_| ApiError::Unauthorized("invalid or expired token"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::constant_time_eq;

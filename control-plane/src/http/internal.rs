@@ -76,5 +76,12 @@ async fn ingest(
         .usage_events_ingested
         .with_label_values(&["duplicate"])
         .inc_by(outcome.duplicates);
+    // Balance changes reach the proxies (their counters already enforce them; the
+    // snapshot keeps the figures they show and seed from current).
+    for customer in &outcome.credit_customers {
+        if let Err(e) = state.publisher.publish(customer).await {
+            tracing::warn!(error = %e, customer = %customer, "publishing the new credit balance failed");
+        }
+    }
     Ok(Json(outcome))
 }

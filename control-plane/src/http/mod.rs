@@ -1,10 +1,13 @@
 //! The HTTP surface: each feature module exposes `router()`, merged here.
 
 pub mod error;
+mod export;
 mod extract;
 mod health;
 mod internal;
 mod plans;
+mod record;
+pub mod usage;
 
 use crate::entitlements::Publisher;
 use crate::metrics::Metrics;
@@ -24,6 +27,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub publisher: Publisher,
     pub service_token: secrecy::SecretString,
+    pub counters: billing_model::counters::Counters,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -31,6 +35,9 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(plans::router())
         .merge(internal::router())
+        .merge(usage::router())
+        .merge(record::router())
+        .merge(export::router())
         .fallback(|| async { error::ApiError::NotFound })
         .with_state(state)
 }

@@ -11,6 +11,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub pool: sqlx::PgPool,
     pub service_token: String,
+    pub state: tollgate_control_plane::http::AppState,
     _shutdown: tokio::sync::oneshot::Sender<()>,
     _database: TestDatabase,
 }
@@ -39,6 +40,7 @@ pub async fn spawn_app() -> TestApp {
     let address = format!("http://{}", app.api_addr());
     let metrics_address = format!("http://{}", app.metrics_addr());
     let pool = app.state().pool.clone();
+    let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until(async move {
         let _ = rx.await;
@@ -49,6 +51,7 @@ pub async fn spawn_app() -> TestApp {
         http: reqwest::Client::new(),
         pool,
         service_token,
+        state,
         _shutdown: tx,
         _database: database,
     }

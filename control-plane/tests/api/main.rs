@@ -6,3 +6,4 @@ mod health;
 mod helpers;
 mod internal;
 mod schema;
+mod usage;

@@ -2,8 +2,17 @@
 //! the request goes upstream (one round trip, one Lua script that counts committed and
 //! in-flight units together), then committing it on success or releasing it otherwise.
 //! In-flight reservations expire, so a crashed proxy gives its units back.
+//!
+//! Both the proxy (ticket traffic) and the control plane (usage reported by the ticket
+//! backend) speak this protocol, so it lives here, behind the `counters` feature (the
+//! only part of this crate that does I/O).
+//!
+//! A counter is never allowed to fall behind the ledger: every call carries the ledger's
+//! figure (`seed`, from the entitlement snapshot) and the scripts raise a missing or
+//! lower counter to it. The ledger only holds units that were committed here first, so
+//! raising to it never over-counts; it only repairs a counter Redis lost.
 
-use billing_model::{Counter, CustomerId, RedisKeys};
+use crate::{Counter, CustomerId, RedisKeys};
 use redis::aio::ConnectionManager;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -18,10 +27,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local used = tonumber(redis.call('GET', KEYS[1]))
 local seeded = 0
-if used == nil then
-  -- The key is gone (new period, or Redis lost it): start from what the ledger knew,
-  -- never from zero.
-  used = tonumber(ARGV[2])
+local seed = tonumber(ARGV[2])
+if used == nil or used < seed then
+  -- The key is gone (new period, or Redis lost it) or behind the ledger: start from
+  -- what the ledger knows, never from less.
+  used = seed
   seeded = 1
   if tonumber(ARGV[5]) > 0 then
     redis.call('SET', KEYS[1], used, 'EX', ARGV[5])
@@ -49,7 +59,8 @@ if ARGV[1] ~= '' then
     redis.call('ZREM', KEYS[2], ARGV[1] .. '#' .. i)
   end
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local current = tonumber(redis.call('GET', KEYS[1]))
+if current == nil or current < tonumber(ARGV[3]) then
   if tonumber(ARGV[4]) > 0 then
     redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
   else
@@ -204,7 +215,7 @@ impl Counters {
         Ok(())
     }
 
-    /// The committed count, or the seed when the key is missing (a read-only check).
+    /// The committed count, never less than the seed (a read-only check).
     pub async fn committed(
         &self,
         counter: &CounterRef,
@@ -219,6 +230,6 @@ impl Counters {
         )
         .await
         .map_err(|_| CounterError::Timeout)??;
-        Ok(value.unwrap_or(counter.seed))
+        Ok(value.unwrap_or(0).max(counter.seed))
     }
 }

@@ -1,0 +1,123 @@
+//! The customer's usage: the current period and history from the ledger.
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::AuthenticatedCustomer;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use billing_model::{Enforcement, Money, PlanId, overage_amount, overage_units};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/billing/usage", get(current))
+        .route("/api/v1/billing/usage/history", get(history))
+}
+
+#[derive(Debug, Serialize)]
+pub struct UsageView {
+    pub plan: String,
+    pub billing_model: billing_model::BillingModel,
+    #[serde(with = "time::serde::rfc3339")]
+    pub period_start: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub period_end: OffsetDateTime,
+    pub included: u64,
+    pub used: u64,
+    /// Left before a hard limit or before overage starts.
+    pub remaining: u64,
+    pub overage_units: u64,
+    pub overage_amount: Money,
+    pub credit_units_remaining: u64,
+    pub credit_balance: Money,
+}
+
+async fn current(
+    AuthenticatedCustomer(customer): AuthenticatedCustomer,
+    State(state): State<AppState>,
+) -> Result<Json<UsageView>, ApiError> {
+    let s = state.publisher.entitlements().snapshot(&customer).await?;
+    let plan = PlanId::parse(s.plan.as_str())
+        .ok()
+        .and_then(|id| state.catalog.get(&id).cloned())
+        .ok_or_else(|| anyhow::anyhow!("plan {} is not in the catalog", s.plan))?;
+    let fixed_fee_overage = matches!(s.enforcement(), Enforcement::PaidOverage);
+    let (overage_u, overage_amt) = if fixed_fee_overage {
+        (
+            overage_units(plan.included_units(), s.units_used),
+            overage_amount(&plan, s.units_used).map_err(|e| anyhow::anyhow!(e))?,
+        )
+    } else {
+        (0, Money::ZERO)
+    };
+    let balance = crate::ledger::credit_balance(&state.pool, &customer).await?;
+    Ok(Json(UsageView {
+        plan: s.plan.to_string(),
+        billing_model: s.billing_model,
+        period_start: s.period_start,
+        period_end: s.period_end,
+        included: s.included_units,
+        used: s.units_used,
+        remaining: s.included_units.saturating_sub(s.units_used),
+        overage_units: overage_u,
+        overage_amount: overage_amt,
+        credit_units_remaining: s.credit_units_purchased.saturating_sub(s.credit_units_used),
+        credit_balance: balance,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    #[serde(with = "time::serde::rfc3339")]
+    pub from: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub to: OffsetDateTime,
+    #[serde(default)]
+    pub granularity: Granularity,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    #[default]
+    Day,
+    Period,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistoryBucket {
+    #[serde(with = "time::serde::rfc3339")]
+    pub start: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub end: OffsetDateTime,
+    pub usage_type: String,
+    pub quantity: i64,
+}
+
+async fn history(
+    AuthenticatedCustomer(customer): AuthenticatedCustomer,
+    State(state): State<AppState>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<HistoryBucket>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::Validation {
+        field: "query".into(),
+        message: e.body_text(),
+    })?;
+    if q.to <= q.from {
+        return Err(ApiError::Validation {
+            field: "to".into(),
+            message: "must be after `from`".into(),
+        });
+    }
+    if q.to - q.from > time::Duration::days(400) {
+        return Err(ApiError::Validation {
+            field: "to".into(),
+            message: "a history spans at most 400 days".into(),
+        });
+    }
+    let buckets =
+        crate::ledger::history(&state.pool, &customer, q.from, q.to, q.granularity).await?;
+    Ok(Json(buckets))
+}

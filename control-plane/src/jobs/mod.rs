@@ -1,0 +1,59 @@
+//! Periodic jobs. Each runs on every replica's schedule but does its work only while it
+//! holds its PostgreSQL advisory lock, so one replica at a time does it.
+
+pub mod counters;
+pub mod retention;
+
+use sqlx::PgPool;
+use std::future::Future;
+use std::time::Duration;
+
+/// Advisory lock keys, one per job (arbitrary, stable numbers).
+pub const COUNTER_RECONCILIATION_LOCK: i64 = 0x7467_0001;
+pub const RETENTION_LOCK: i64 = 0x7467_0002;
+
+/// Runs `work` inside a transaction holding the advisory lock `key`; returns `None`
+/// when another replica holds it.
+pub async fn with_lock<T, F, Fut>(pool: &PgPool, key: i64, work: F) -> anyhow::Result<Option<T>>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut tx = pool.begin().await?;
+    let locked: bool =
+        sqlx::query_scalar!(r#"SELECT pg_try_advisory_xact_lock($1) AS "locked!""#, key)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !locked {
+        return Ok(None);
+    }
+    let result = work().await;
+    tx.commit().await?;
+    result.map(Some)
+}
+
+/// Calls `tick` every `interval` (the first time one interval after start) until
+/// `stop` fires.
+pub async fn every<F, Fut>(
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut tick: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // An interval's first tick is immediate; a job starts one interval after the service.
+    timer.tick().await;
+    loop {
+        tokio::select! {
+            _ = timer.tick() => tick().await,
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}

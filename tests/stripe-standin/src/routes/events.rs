@@ -1,0 +1,62 @@
+//! `/v1/events`: every state change, as it was when it happened.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::Value;
+
+use super::{created_filter, page};
+use crate::errors::{ApiError, ApiResult};
+use crate::{App, StripeRequest};
+
+pub fn router() -> Router<App> {
+    Router::new()
+        .route("/v1/events", get(list))
+        .route("/v1/events/{id}", get(retrieve))
+}
+
+async fn retrieve(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    req: StripeRequest,
+) -> ApiResult<Json<Value>> {
+    app.run(&req.info, |store| {
+        let e = store
+            .events
+            .iter()
+            .find(|e| e.id == id)
+            .ok_or_else(|| ApiError::missing_resource("event", &id, "id"))?;
+        Ok(Json(e.json.clone()))
+    })
+}
+
+/// `type` (with `*` wildcards at the end, `invoice.*`), `types[]`, `created`, pagination.
+async fn list(State(app): State<App>, req: StripeRequest) -> ApiResult<Json<Value>> {
+    let p = &req.params;
+    p.only(&[
+        "type",
+        "types",
+        "created",
+        "limit",
+        "starting_after",
+        "ending_before",
+        "delivery_success",
+    ])?;
+    let created = created_filter(p, "created")?;
+    let types = p.strings("types");
+    let matches = |kind: &str, pattern: &str| match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => kind == pattern,
+    };
+    app.run(&req.info, |store| {
+        let rows = store
+            .events
+            .iter()
+            .filter(|e| p.str("type").is_none_or(|t| matches(&e.kind, t)))
+            .filter(|e| types.is_empty() || types.iter().any(|t| matches(&e.kind, t)))
+            .filter(|e| created(e.created))
+            .map(|e| (e.seq, e.id.clone(), e.json.clone()))
+            .collect();
+        Ok(Json(page(store, rows, p, "/v1/events")?))
+    })
+}
