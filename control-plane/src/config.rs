@@ -74,6 +74,10 @@ pub struct StripeSettings {
     /// Webhook signing secrets; two during a rotation window.
     #[serde(default)]
     pub webhook_secrets: Vec<SecretString>,
+    /// Tests and demos only: new Stripe customers join this test clock, so renewals can
+    /// be played forward. Never set in production.
+    #[serde(default)]
+    pub test_clock: Option<String>,
 }
 
 fn default_stripe_base() -> String {

@@ -9,4 +9,5 @@ pub mod jobs;
 pub mod ledger;
 pub mod metrics;
 pub mod startup;
+pub mod stripe;
 pub mod telemetry;

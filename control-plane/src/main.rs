@@ -27,6 +27,8 @@ enum Command {
     Migrate,
     /// Reconcile Redis usage counters with the ledger once, print the report and exit.
     ReconcileCounters,
+    /// Create or update the Stripe products and prices of config/plans.toml (idempotent).
+    SyncCatalog,
     /// Print a bearer token for a customer (HS256 with the configured secret).
     Token {
         /// The ticket API's user id.
@@ -72,6 +74,17 @@ async fn main() -> anyhow::Result<()> {
                 Some(report) => println!("{}", serde_json::to_string_pretty(&report)?),
                 None => println!("another replica is reconciling right now"),
             }
+            Ok(())
+        }
+        Command::SyncCatalog => {
+            let settings = config
+                .stripe
+                .as_ref()
+                .context("sync-catalog needs a [stripe] section")?;
+            let gateway = tollgate_control_plane::stripe::StripeGateway::new(settings)?;
+            let catalog = billing_model::Catalog::load(&config.plans_file)?;
+            let report = gateway.sync_catalog(&catalog).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Token {

@@ -63,7 +63,14 @@ impl Application {
             keys,
             config.control_plane.upgrade_url.clone(),
         );
+        let stripe = match &config.stripe {
+            Some(settings) => Some(Arc::new(
+                crate::stripe::StripeGateway::new(settings).context("stripe settings")?,
+            )),
+            None => None,
+        };
         let state = AppState {
+            stripe,
             pool,
             redis,
             catalog,

@@ -17,6 +17,16 @@ pub enum ApiError {
     /// The same refusal the proxy gives: a limit is reached.
     #[error("{}", .0.detail)]
     Refused(Box<Refusal>),
+    /// The request conflicts with the customer's state; `code` tells the frontend what
+    /// to do instead.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// No Stripe account is configured.
+    #[error("billing is not configured on this deployment")]
+    BillingUnavailable,
+    /// Stripe refused or failed.
+    #[error(transparent)]
+    Stripe(#[from] crate::stripe::GatewayError),
     /// Redis is unreachable: limits cannot be checked, so nothing is consumed.
     #[error("usage limits cannot be checked right now")]
     LimitsUnavailable,
@@ -72,6 +82,14 @@ impl ApiError {
             ApiError::LimitsUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "usage_check_unavailable")
             }
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::BillingUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "billing_unavailable")
+            }
+            ApiError::Stripe(crate::stripe::GatewayError::MissingPrice(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "catalog_not_synced")
+            }
+            ApiError::Stripe(_) => (StatusCode::BAD_GATEWAY, "stripe_error"),
             ApiError::Database(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }
@@ -103,6 +121,10 @@ impl IntoResponse for ApiError {
             ApiError::Internal(e) => {
                 tracing::error!(error = ?e, "internal error");
                 (None, None)
+            }
+            ApiError::Stripe(e) => {
+                tracing::error!(error = %e, "stripe call failed");
+                (Some(e.to_string()), None)
             }
             ApiError::Validation { field, message } => (Some(message.clone()), Some(field.clone())),
             other => (Some(other.to_string()), None),

@@ -1,5 +1,7 @@
 //! The HTTP surface: each feature module exposes `router()`, merged here.
 
+mod account;
+mod checkout;
 pub mod error;
 mod export;
 mod extract;
@@ -28,6 +30,8 @@ pub struct AppState {
     pub publisher: Publisher,
     pub service_token: secrecy::SecretString,
     pub counters: billing_model::counters::Counters,
+    /// Stripe, when configured.
+    pub stripe: Option<Arc<crate::stripe::StripeGateway>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -38,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .merge(usage::router())
         .merge(record::router())
         .merge(export::router())
+        .merge(checkout::router())
+        .merge(account::router())
         .fallback(|| async { error::ApiError::NotFound })
         .with_state(state)
 }

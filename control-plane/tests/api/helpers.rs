@@ -12,6 +12,8 @@ pub struct TestApp {
     pub pool: sqlx::PgPool,
     pub service_token: String,
     pub state: tollgate_control_plane::http::AppState,
+    /// The Stripe stand-in this app talks to, when spawned with one.
+    pub stripe: Option<stripe_standin::Running>,
     _shutdown: tokio::sync::oneshot::Sender<()>,
     _database: TestDatabase,
 }
@@ -31,8 +33,33 @@ pub fn test_config(database_url: &str) -> Config {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(None).await
+}
+
+/// The app with a fresh Stripe stand-in behind it (catalog not synced yet).
+pub async fn spawn_app_with_stripe() -> TestApp {
+    let standin = stripe_standin::spawn(stripe_standin::Config {
+        api_key: Some(STRIPE_KEY.to_owned()),
+        ..stripe_standin::Config::default()
+    })
+    .await
+    .expect("stripe stand-in starts");
+    spawn_app_with(Some(standin)).await
+}
+
+pub const STRIPE_KEY: &str = "sk_test_tollgate_tests";
+
+async fn spawn_app_with(stripe: Option<stripe_standin::Running>) -> TestApp {
     let database = TestDatabase::create().await.expect("test database");
-    let config = test_config(&database.url);
+    let mut config = test_config(&database.url);
+    config.stripe = stripe
+        .as_ref()
+        .map(|s| tollgate_control_plane::config::StripeSettings {
+            api_base: s.url.clone(),
+            secret_key: STRIPE_KEY.to_owned().into(),
+            webhook_secrets: vec!["whsec_standin".to_owned().into()],
+            test_clock: None,
+        });
     let service_token = config.internal.service_token.expose_secret().to_owned();
     let app = Application::build(config)
         .await
@@ -52,6 +79,7 @@ pub async fn spawn_app() -> TestApp {
         pool,
         service_token,
         state,
+        stripe,
         _shutdown: tx,
         _database: database,
     }
@@ -90,6 +118,47 @@ impl TestApp {
                 now,
                 600,
             )
+            .unwrap()
+    }
+}
+
+impl TestApp {
+    /// GET from the Stripe stand-in's API (for assertions on what tollgate created).
+    pub async fn stripe_get(&self, path: &str) -> serde_json::Value {
+        let base = &self.stripe.as_ref().expect("spawned with a stand-in").url;
+        self.http
+            .get(format!("{base}{path}"))
+            .bearer_auth(STRIPE_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn sync_catalog(&self) -> tollgate_control_plane::stripe::CatalogSync {
+        self.state
+            .stripe
+            .as_ref()
+            .unwrap()
+            .sync_catalog(&self.state.catalog)
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        customer: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(self.customer_token(customer))
+            .json(body)
+            .send()
+            .await
             .unwrap()
     }
 }

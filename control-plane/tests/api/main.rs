@@ -1,6 +1,7 @@
 //! The control plane's API tests: the real app in-process on port 0, a fresh database per
 //! test, a unique Redis key prefix. One test binary (z2p `tests/api/main.rs`).
 
+mod checkout;
 mod config;
 mod health;
 mod helpers;

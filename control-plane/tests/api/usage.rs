@@ -387,3 +387,53 @@ async fn export_holds_all_of_the_callers_billing_data_and_nothing_of_anyone_else
     assert_eq!(data["usage_records"].as_array().unwrap().len(), 1);
     assert!(!export.to_string().contains("\"mo\""));
 }
+
+#[tokio::test]
+async fn entitlements_tell_the_frontend_when_chat_is_off_and_what_to_upgrade_to() {
+    let app = spawn_app().await;
+    let view = || async {
+        app.http
+            .get(app.url("/api/v1/billing/entitlements"))
+            .bearer_auth(app.customer_token("uma"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let fresh = view().await;
+    assert_eq!(fresh["plan"], "free");
+    assert_eq!(fresh["chat_enabled"], true);
+    assert_eq!(fresh["remaining"], 10);
+    assert_eq!(fresh["upgrade_suggestion"], Value::Null);
+    for _ in 0..10 {
+        record(&app, &record_body("uma")).await;
+    }
+    let blocked = view().await;
+    assert_eq!(blocked["chat_enabled"], false);
+    assert_eq!(blocked["exhausted"], true);
+    assert_eq!(blocked["upgrade_suggestion"], "premium");
+}
+
+#[tokio::test]
+async fn credits_list_grants_with_what_is_left_of_each() {
+    let app = spawn_app().await;
+    credit_subscription(&app, "vic").await;
+    grant(&app, "vic", "3.98", Some(30)).await;
+    record(&app, &record_body("vic")).await;
+    let credits: Value = app
+        .http
+        .get(app.url("/api/v1/billing/credits"))
+        .bearer_auth(app.customer_token("vic"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(credits["balance"], "1.99");
+    assert_eq!(credits["units_remaining"], 1);
+    assert_eq!(credits["grants"][0]["remaining_amount"], "1.99");
+    assert_eq!(credits["grants"][0]["used_amount"], "1.99");
+}

@@ -1,0 +1,149 @@
+//! What the frontend renders: entitlements, credits and the subscription as stored.
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::AuthenticatedCustomer;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use billing_model::{Enforcement, Money};
+use serde::Serialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/billing/entitlements", get(entitlements))
+        .route("/api/v1/billing/credits", get(credits))
+        .route("/api/v1/billing/subscriptions", get(subscription))
+}
+
+async fn entitlements(
+    AuthenticatedCustomer(customer): AuthenticatedCustomer,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let s = state.publisher.entitlements().snapshot(&customer).await?;
+    let hard_limit = !matches!(s.enforcement(), Enforcement::PaidOverage);
+    let exhausted = s.is_exhausted();
+    // Suggest the next plan up when a hard limit is reached or near (80 %).
+    let near_limit = s
+        .remaining()
+        .zip(match s.enforcement() {
+            Enforcement::HardLimit { limit, .. } => Some(limit),
+            Enforcement::PaidOverage => None,
+        })
+        .is_some_and(|(remaining, limit)| remaining * 5 <= limit);
+    let upgrade_suggestion = if near_limit {
+        let current = state.catalog.iter().position(|p| *p.id() == s.plan);
+        current
+            .and_then(|i| state.catalog.plans().get(i + 1))
+            .map(|p| p.id().to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "plan": s.plan.to_string(),
+        "billing_model": s.billing_model,
+        "status": s.status,
+        "chat_enabled": s.chat_allowed(),
+        "hard_limit": hard_limit,
+        "remaining": s.remaining(),
+        "exhausted": exhausted,
+        "period_end": s.period_end.format(&time::format_description::well_known::Rfc3339).ok(),
+        "upgrade_suggestion": upgrade_suggestion,
+        "upgrade_url": s.upgrade_url,
+    })))
+}
+
+#[derive(Debug, Serialize)]
+struct GrantView {
+    id: uuid::Uuid,
+    credit_amount: Money,
+    used_amount: Money,
+    remaining_amount: Money,
+    unit_price: Money,
+    #[serde(with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    closed_at: Option<OffsetDateTime>,
+    closed_reason: Option<String>,
+}
+
+async fn credits(
+    AuthenticatedCustomer(customer): AuthenticatedCustomer,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = sqlx::query!(
+        r#"SELECT id, credit_amount, used_amount, remaining_amount AS "remaining_amount!",
+                  unit_price, expires_at, closed_at, closed_reason
+           FROM billing_credits WHERE customer_id = $1 ORDER BY created_at"#,
+        customer.as_str()
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    let money = |d| Money::from_decimal_exact(d).unwrap_or(Money::ZERO);
+    let grants: Vec<GrantView> = rows
+        .into_iter()
+        .map(|r| GrantView {
+            id: r.id,
+            credit_amount: money(r.credit_amount),
+            used_amount: money(r.used_amount),
+            remaining_amount: money(r.remaining_amount),
+            unit_price: money(r.unit_price),
+            expires_at: r.expires_at,
+            closed_at: r.closed_at,
+            closed_reason: r.closed_reason,
+        })
+        .collect();
+    let snapshot = state.publisher.entitlements().snapshot(&customer).await?;
+    let balance = crate::ledger::credit_balance(&state.pool, &customer).await?;
+    Ok(Json(json!({
+        "balance": balance,
+        "units_remaining": snapshot.credit_units_purchased.saturating_sub(snapshot.credit_units_used),
+        "grants": grants,
+    })))
+}
+
+async fn subscription(
+    AuthenticatedCustomer(customer): AuthenticatedCustomer,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let row = sqlx::query!(
+        r#"SELECT plan_type, billing_model, status, current_period_start, current_period_end,
+                  cancel_at_period_end, pending_plan_type, grace_until
+           FROM subscriptions WHERE customer_id = $1
+           ORDER BY created_at DESC LIMIT 1"#,
+        customer.as_str()
+    )
+    .fetch_optional(&state.pool)
+    .await?;
+    let snapshot = state.publisher.entitlements().snapshot(&customer).await?;
+    let rfc = |t: Option<OffsetDateTime>| {
+        t.and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+    };
+    Ok(Json(match row {
+        None => json!({
+            "plan": snapshot.plan.to_string(),
+            "billing_model": snapshot.billing_model,
+            "status": "active",
+            "current_period_start": rfc(Some(snapshot.period_start)),
+            "current_period_end": rfc(Some(snapshot.period_end)),
+            "cancel_at_period_end": false,
+            "stripe_subscription": false,
+        }),
+        Some(r) => json!({
+            "plan": r.plan_type,
+            "billing_model": r.billing_model,
+            "status": r.status,
+            "current_period_start": rfc(r.current_period_start),
+            "current_period_end": rfc(r.current_period_end),
+            "cancel_at_period_end": r.cancel_at_period_end,
+            "pending_plan": r.pending_plan_type,
+            "grace_until": rfc(r.grace_until),
+            "stripe_subscription": true,
+        }),
+    }))
+}

@@ -1,0 +1,308 @@
+//! Hosted Stripe pages: Checkout (subscriptions and credit packs) and the Customer
+//! Portal. No card data ever touches tollgate: only Stripe ids are stored.
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiJson, AuthenticatedCustomer};
+use crate::stripe::{HostedSession, Purchase, StripeGateway, lookup_key};
+use axum::extract::{Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use billing_model::{BillingModel, CustomerId, Plan, PlanId};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/billing/checkout", post(checkout))
+        .route("/api/v1/billing/credits/purchase", post(purchase_credits))
+        .route("/api/v1/billing/portal", get(portal))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutRequest {
+    pub plan: String,
+    pub billing_model: BillingModel,
+    pub success_url: String,
+    pub cancel_url: String,
+    /// Credit pack size (credit burndown only); the plan's smallest pack by default.
+    pub credit_units: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreditPurchase {
+    /// Credits (tickets) to buy: one of the plan's packs.
+    pub units: u32,
+    pub success_url: String,
+    pub cancel_url: String,
+    /// Whose per-ticket price applies; the customer's current paid plan by default.
+    pub plan: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PortalQuery {
+    pub return_url: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::Validation {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn url(field: &str, value: &str) -> Result<(), ApiError> {
+    let ok = (value.starts_with("https://") || value.starts_with("http://"))
+        && value.len() <= 2048
+        && !value.contains(char::is_whitespace);
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(field, "must be an absolute http(s) URL"))
+    }
+}
+
+fn gateway(state: &AppState) -> Result<&Arc<StripeGateway>, ApiError> {
+    state.stripe.as_ref().ok_or(ApiError::BillingUnavailable)
+}
+
+fn paid_plan<'a>(state: &'a AppState, field: &str, id: &str) -> Result<&'a Plan, ApiError> {
+    let plan = PlanId::parse(id)
+        .ok()
+        .and_then(|id| state.catalog.get(&id))
+        .ok_or_else(|| invalid(field, format!("unknown plan {id:?}")))?;
+    if plan.blocks_at_limit() && plan.monthly_fee().is_zero() {
+        return Err(invalid(field, "the free plan needs no checkout"));
+    }
+    Ok(plan)
+}
+
+/// The customer's Stripe customer id, created on first use.
+pub async fn stripe_customer(
+    state: &AppState,
+    gateway: &StripeGateway,
+    customer: &CustomerId,
+) -> Result<String, ApiError> {
+    sqlx::query!(
+        "INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        customer.as_str()
+    )
+    .execute(&state.pool)
+    .await?;
+    let existing = sqlx::query_scalar!(
+        "SELECT stripe_customer_id FROM customers WHERE customer_id = $1",
+        customer.as_str()
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    // Idempotent on the customer id: two concurrent first checkouts get the same
+    // Stripe customer, and the first writer's id is kept.
+    let created = gateway.create_customer(customer.as_str()).await?;
+    let stored = sqlx::query_scalar!(
+        r#"UPDATE customers SET stripe_customer_id = COALESCE(stripe_customer_id, $2), updated_at = now()
+           WHERE customer_id = $1 RETURNING stripe_customer_id AS "id!""#,
+        customer.as_str(),
+        created
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    Ok(stored)
+}
+
+async fn checkout(
+    AuthenticatedCustomer(customer): AuthenticatedCustomer,
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CheckoutRequest>,
+) -> Result<Json<HostedSession>, ApiError> {
+    url("success_url", &request.success_url)?;
+    url("cancel_url", &request.cancel_url)?;
+    let plan = paid_plan(&state, "plan", &request.plan)?;
+    if !plan.supports(request.billing_model) {
+        return Err(invalid(
+            "billing_model",
+            format!(
+                "the {} plan is not offered as {}",
+                plan.id(),
+                request.billing_model.as_str()
+            ),
+        ));
+    }
+    let gateway = gateway(&state)?;
+    let metadata = HashMap::from([
+        ("tollgate_customer_id".to_owned(), customer.to_string()),
+        ("tollgate_plan".to_owned(), plan.id().to_string()),
+        (
+            "tollgate_billing_model".to_owned(),
+            request.billing_model.as_str().to_owned(),
+        ),
+    ]);
+    let session = match request.billing_model {
+        BillingModel::FixedFee => {
+            let price = gateway
+                .price(&lookup_key(plan.id().as_str(), "monthly"))
+                .await?;
+            let stripe_customer = stripe_customer(&state, gateway, &customer).await?;
+            gateway
+                .checkout(
+                    &stripe_customer,
+                    customer.as_str(),
+                    Purchase::Subscription { price: &price },
+                    metadata,
+                    &request.success_url,
+                    &request.cancel_url,
+                    &[
+                        plan.id().as_str(),
+                        "fixed_fee",
+                        &request.success_url,
+                        &request.cancel_url,
+                    ],
+                )
+                .await?
+        }
+        BillingModel::CreditBurndown => {
+            let units = request
+                .credit_units
+                .or_else(|| plan.credit_pack_units().first().copied())
+                .ok_or_else(|| invalid("credit_units", "the plan sells no credit packs"))?;
+            credits_session(
+                &state,
+                gateway,
+                &customer,
+                plan,
+                units,
+                metadata,
+                &request.success_url,
+                &request.cancel_url,
+            )
+            .await?
+        }
+    };
+    Ok(Json(session))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn credits_session(
+    state: &AppState,
+    gateway: &StripeGateway,
+    customer: &CustomerId,
+    plan: &Plan,
+    units: u32,
+    mut metadata: HashMap<String, String>,
+    success_url: &str,
+    cancel_url: &str,
+) -> Result<HostedSession, ApiError> {
+    if !plan.credit_pack_units().contains(&units) {
+        return Err(invalid(
+            "units",
+            format!(
+                "the {} plan sells packs of {:?} credits",
+                plan.id(),
+                plan.credit_pack_units()
+            ),
+        ));
+    }
+    let price = gateway
+        .price(&lookup_key(plan.id().as_str(), "credit"))
+        .await?;
+    let stripe_customer = stripe_customer(state, gateway, customer).await?;
+    metadata.insert("tollgate_credit_units".to_owned(), units.to_string());
+    metadata.insert(
+        "tollgate_billing_model".to_owned(),
+        "credit_burndown".to_owned(),
+    );
+    Ok(gateway
+        .checkout(
+            &stripe_customer,
+            customer.as_str(),
+            Purchase::Credits {
+                price: &price,
+                quantity: u64::from(units),
+            },
+            metadata,
+            success_url,
+            cancel_url,
+            &[
+                plan.id().as_str(),
+                "credits",
+                &units.to_string(),
+                success_url,
+                cancel_url,
+            ],
+        )
+        .await?)
+}
+
+async fn purchase_credits(
+    AuthenticatedCustomer(customer): AuthenticatedCustomer,
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CreditPurchase>,
+) -> Result<Json<HostedSession>, ApiError> {
+    url("success_url", &request.success_url)?;
+    url("cancel_url", &request.cancel_url)?;
+    let plan_id = match &request.plan {
+        Some(p) => p.clone(),
+        None => state
+            .publisher
+            .entitlements()
+            .snapshot(&customer)
+            .await?
+            .plan
+            .to_string(),
+    };
+    let plan = paid_plan(&state, "plan", &plan_id)?;
+    if !plan.supports(BillingModel::CreditBurndown) {
+        return Err(invalid(
+            "plan",
+            format!("the {} plan sells no credits", plan.id()),
+        ));
+    }
+    let gateway = gateway(&state)?;
+    let metadata = HashMap::from([
+        ("tollgate_customer_id".to_owned(), customer.to_string()),
+        ("tollgate_plan".to_owned(), plan.id().to_string()),
+    ]);
+    let session = credits_session(
+        &state,
+        gateway,
+        &customer,
+        plan,
+        request.units,
+        metadata,
+        &request.success_url,
+        &request.cancel_url,
+    )
+    .await?;
+    Ok(Json(session))
+}
+
+async fn portal(
+    AuthenticatedCustomer(customer): AuthenticatedCustomer,
+    State(state): State<AppState>,
+    query: Result<Query<PortalQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<HostedSession>, ApiError> {
+    let Query(q) = query.map_err(|e| invalid("return_url", e.body_text()))?;
+    url("return_url", &q.return_url)?;
+    let gateway = gateway(&state)?;
+    let existing = sqlx::query_scalar!(
+        "SELECT stripe_customer_id FROM customers WHERE customer_id = $1",
+        customer.as_str()
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .flatten();
+    let Some(stripe_customer) = existing else {
+        return Err(ApiError::Conflict {
+            code: "no_billing_account",
+            message:
+                "there is nothing to manage yet: subscribe or buy credits through checkout first"
+                    .into(),
+        });
+    };
+    Ok(Json(gateway.portal(&stripe_customer, &q.return_url).await?))
+}

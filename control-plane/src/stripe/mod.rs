@@ -1,0 +1,222 @@
+//! The only place that talks to Stripe, through async-stripe. The same code talks to real
+//! Stripe and to the project's stand-in: only `stripe.api_base` and the keys differ.
+//!
+//! Every mutating call carries an idempotency key derived from what it does, so a
+//! retried API call never creates a second customer, session or charge.
+
+mod catalog;
+
+pub use catalog::{CatalogSync, lookup_key};
+
+use crate::config::StripeSettings;
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
+use stripe_billing::billing_portal_session::CreateBillingPortalSession;
+use stripe_checkout::checkout_session::{
+    CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionPaymentIntentData,
+    CreateCheckoutSessionSubscriptionData,
+};
+use stripe_core::customer::CreateCustomer;
+use stripe_product::price::ListPrice;
+use stripe_shared::CheckoutSessionMode;
+use tokio::sync::RwLock;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("stripe: {0}")]
+    Stripe(#[from] stripe::StripeError),
+    #[error("no active Stripe price with lookup key {0}: run `sync-catalog`")]
+    MissingPrice(String),
+    #[error("stripe answered without {0}")]
+    Incomplete(&'static str),
+}
+
+/// A price as tollgate uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceRef {
+    pub id: String,
+    pub unit_amount: i64,
+}
+
+/// A hosted page the customer is sent to.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostedSession {
+    pub id: String,
+    pub url: String,
+}
+
+/// What a Checkout Session sells.
+pub enum Purchase<'a> {
+    /// A subscription to a plan's monthly price.
+    Subscription { price: &'a PriceRef },
+    /// `quantity` prepaid credits at the credit price.
+    Credits { price: &'a PriceRef, quantity: u64 },
+}
+
+pub struct StripeGateway {
+    client: stripe::Client,
+    /// Prices by lookup key; prices are immutable in Stripe, so caching is safe (a
+    /// catalog change makes a new price and moves the lookup key: `forget_prices`).
+    prices: RwLock<HashMap<String, PriceRef>>,
+    /// Customers created by this deployment join this test clock (tests and demos).
+    test_clock: Option<String>,
+}
+
+/// An idempotency key for `parts`: the same operation on the same inputs gets the same
+/// key, so Stripe replays instead of repeating it.
+pub fn idempotency(parts: &[&str]) -> RequestStrategy {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    let key = format!("tollgate-{}", hex::encode(hash.finalize()));
+    match IdempotencyKey::new(&key) {
+        Ok(k) => RequestStrategy::Idempotent(k),
+        // A 73-character ASCII key is always valid; keep going without one rather than
+        // failing the request.
+        Err(_) => RequestStrategy::Once,
+    }
+}
+
+impl StripeGateway {
+    pub fn new(settings: &StripeSettings) -> Result<Self, GatewayError> {
+        let client = stripe::ClientBuilder::new(settings.secret_key.expose_secret())
+            .url(settings.api_base.clone())
+            .build()?;
+        Ok(Self {
+            client,
+            prices: RwLock::new(HashMap::new()),
+            test_clock: settings.test_clock.clone(),
+        })
+    }
+
+    pub fn client(&self) -> &stripe::Client {
+        &self.client
+    }
+
+    /// The active price with `key`.
+    pub async fn price(&self, key: &str) -> Result<PriceRef, GatewayError> {
+        if let Some(p) = self.prices.read().await.get(key) {
+            return Ok(p.clone());
+        }
+        let list = ListPrice::new()
+            .lookup_keys(vec![key.to_owned()])
+            .active(true)
+            .send(&self.client)
+            .await?;
+        let price = list
+            .data
+            .into_iter()
+            .find(|p| p.lookup_key.as_deref() == Some(key))
+            .ok_or_else(|| GatewayError::MissingPrice(key.to_owned()))?;
+        let price = PriceRef {
+            id: price.id.as_str().to_owned(),
+            unit_amount: price
+                .unit_amount
+                .ok_or(GatewayError::Incomplete("unit_amount"))?,
+        };
+        self.prices
+            .write()
+            .await
+            .insert(key.to_owned(), price.clone());
+        Ok(price)
+    }
+
+    pub async fn forget_prices(&self) {
+        self.prices.write().await.clear();
+    }
+
+    /// Creates the Stripe customer for a ticket-API user (once: the key is the user id).
+    pub async fn create_customer(&self, customer_id: &str) -> Result<String, GatewayError> {
+        let mut request = CreateCustomer::new()
+            .description(format!("tollgate customer {customer_id}"))
+            .metadata(HashMap::from([(
+                "tollgate_customer_id".to_owned(),
+                customer_id.to_owned(),
+            )]));
+        if let Some(clock) = &self.test_clock {
+            request = request.test_clock(clock.as_str());
+        }
+        let customer = request
+            .customize()
+            .request_strategy(idempotency(&["customer", customer_id]))
+            .send(&self.client)
+            .await?;
+        Ok(customer.id.as_str().to_owned())
+    }
+
+    /// A Checkout Session; `key_parts` make its idempotency key (the request's content).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn checkout(
+        &self,
+        stripe_customer: &str,
+        customer_id: &str,
+        purchase: Purchase<'_>,
+        metadata: HashMap<String, String>,
+        success_url: &str,
+        cancel_url: &str,
+        key_parts: &[&str],
+    ) -> Result<HostedSession, GatewayError> {
+        let (mode, price, quantity) = match purchase {
+            Purchase::Subscription { price } => (CheckoutSessionMode::Subscription, price, 1),
+            Purchase::Credits { price, quantity } => {
+                (CheckoutSessionMode::Payment, price, quantity)
+            }
+        };
+        let mut request = CreateCheckoutSession::new()
+            .mode(mode.clone())
+            .customer(stripe_customer)
+            .client_reference_id(customer_id)
+            .line_items(vec![CreateCheckoutSessionLineItems {
+                price: Some(price.id.clone()),
+                quantity: Some(quantity),
+                ..CreateCheckoutSessionLineItems::new()
+            }])
+            .success_url(success_url)
+            .cancel_url(cancel_url)
+            .metadata(metadata.clone());
+        request = match mode {
+            CheckoutSessionMode::Subscription => {
+                request.subscription_data(CreateCheckoutSessionSubscriptionData {
+                    metadata: Some(metadata),
+                    ..CreateCheckoutSessionSubscriptionData::new()
+                })
+            }
+            _ => request.payment_intent_data(CreateCheckoutSessionPaymentIntentData {
+                metadata: Some(metadata),
+                ..CreateCheckoutSessionPaymentIntentData::new()
+            }),
+        };
+        let mut parts = vec!["checkout", stripe_customer];
+        parts.extend_from_slice(key_parts);
+        let session = request
+            .customize()
+            .request_strategy(idempotency(&parts))
+            .send(&self.client)
+            .await?;
+        Ok(HostedSession {
+            id: session.id.as_str().to_owned(),
+            url: session.url.ok_or(GatewayError::Incomplete("url"))?,
+        })
+    }
+
+    /// A Customer Portal session.
+    pub async fn portal(
+        &self,
+        stripe_customer: &str,
+        return_url: &str,
+    ) -> Result<HostedSession, GatewayError> {
+        let session = CreateBillingPortalSession::new()
+            .customer(stripe_customer)
+            .return_url(return_url)
+            .send(&self.client)
+            .await?;
+        Ok(HostedSession {
+            id: session.id.as_str().to_owned(),
+            url: session.url,
+        })
+    }
+}
