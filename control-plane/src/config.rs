@@ -48,6 +48,14 @@ pub struct ControlPlaneSettings {
     /// totals. Keep it longer than any proxy could hold events in its usage log.
     #[serde(default = "default_retention_days")]
     pub usage_retention_days: u32,
+    /// Days a customer keeps the paid plan after a failed payment (never less than the
+    /// end of the period already paid for).
+    #[serde(default = "default_grace_days")]
+    pub payment_grace_days: u32,
+}
+
+fn default_grace_days() -> u32 {
+    7
 }
 
 fn default_retention_days() -> u32 {
@@ -74,10 +82,17 @@ pub struct StripeSettings {
     /// Webhook signing secrets; two during a rotation window.
     #[serde(default)]
     pub webhook_secrets: Vec<SecretString>,
+    /// How old a webhook's signature timestamp may be, in seconds.
+    #[serde(default = "default_tolerance")]
+    pub webhook_tolerance_seconds: u64,
     /// Tests and demos only: new Stripe customers join this test clock, so renewals can
     /// be played forward. Never set in production.
     #[serde(default)]
     pub test_clock: Option<String>,
+}
+
+fn default_tolerance() -> u64 {
+    300
 }
 
 fn default_stripe_base() -> String {

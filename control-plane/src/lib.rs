@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod startup;
 pub mod stripe;
 pub mod telemetry;
+pub mod webhooks;

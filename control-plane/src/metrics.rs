@@ -5,7 +5,10 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 use std::sync::Arc;
 
 /// Every metric the control plane exports, registered once.
@@ -16,6 +19,10 @@ pub struct Metrics {
     /// Usage counter accuracy: units Redis is behind / ahead of the ledger.
     pub counter_drift_units: IntGaugeVec,
     pub counter_repairs: IntCounter,
+    /// Stripe webhook events by type, outcome (received, duplicate, rejected, applied,
+    /// ignored, failed) and rejection reason.
+    pub webhook_events: IntCounterVec,
+    pub webhook_apply_seconds: Histogram,
 }
 
 impl Metrics {
@@ -50,12 +57,32 @@ impl Metrics {
             "Redis usage counters raised to the ledger by reconciliation",
         ))?;
         registry.register(Box::new(counter_repairs.clone()))?;
+        let webhook_events = IntCounterVec::new(
+            Opts::new(
+                "stripe_webhook_events_total",
+                "Stripe webhook events by type, outcome and reason",
+            ),
+            &["type", "outcome", "reason"],
+        )?;
+        registry.register(Box::new(webhook_events.clone()))?;
+        let webhook_apply_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "stripe_webhook_apply_seconds",
+                "Time to apply one stored Stripe event (re-fetch included)",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )?;
+        registry.register(Box::new(webhook_apply_seconds.clone()))?;
         Ok(Self {
             registry,
             http_requests,
             usage_events_ingested,
             counter_drift_units,
             counter_repairs,
+            webhook_events,
+            webhook_apply_seconds,
         })
     }
 

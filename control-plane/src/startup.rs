@@ -69,7 +69,16 @@ impl Application {
             )),
             None => None,
         };
+        let webhooks = config.stripe.as_ref().map(|s| {
+            Arc::new(crate::webhooks::WebhookSettings {
+                secrets: s.webhook_secrets.clone(),
+                tolerance_seconds: s.webhook_tolerance_seconds,
+                grace: time::Duration::days(i64::from(config.control_plane.payment_grace_days)),
+                wake: tokio::sync::Notify::new(),
+            })
+        });
         let state = AppState {
+            webhooks,
             stripe,
             pool,
             redis,
@@ -129,6 +138,10 @@ impl Application {
                 }
             }
         }));
+        tokio::spawn(crate::webhooks::run_worker(
+            self.state.clone(),
+            stop.clone(),
+        ));
         let pool = self.state.pool.clone();
         let days = i32::try_from(self.retention_days).unwrap_or(i32::MAX);
         tokio::spawn(crate::jobs::every(

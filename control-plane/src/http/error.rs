@@ -21,6 +21,9 @@ pub enum ApiError {
     /// to do instead.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// A webhook that is not verifiably from Stripe, or not an event.
+    #[error("{message}")]
+    BadWebhook { code: &'static str, message: String },
     /// No Stripe account is configured.
     #[error("billing is not configured on this deployment")]
     BillingUnavailable,
@@ -83,6 +86,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "usage_check_unavailable")
             }
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::BadWebhook { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::BillingUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "billing_unavailable")
             }

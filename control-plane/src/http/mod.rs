@@ -32,6 +32,8 @@ pub struct AppState {
     pub counters: billing_model::counters::Counters,
     /// Stripe, when configured.
     pub stripe: Option<Arc<crate::stripe::StripeGateway>>,
+    /// Stripe webhook verification and the inbox worker's wake-up, when configured.
+    pub webhooks: Option<Arc<crate::webhooks::WebhookSettings>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -44,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(export::router())
         .merge(checkout::router())
         .merge(account::router())
+        .merge(crate::webhooks::router())
         .fallback(|| async { error::ApiError::NotFound })
         .with_state(state)
 }

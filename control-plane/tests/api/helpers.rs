@@ -48,16 +48,41 @@ pub async fn spawn_app_with_stripe() -> TestApp {
 }
 
 pub const STRIPE_KEY: &str = "sk_test_tollgate_tests";
+pub const WEBHOOK_SECRET: &str = "whsec_standin";
+
+/// The app and a Stripe stand-in that delivers its signed events to the app's webhook
+/// endpoint (the app's port is chosen first so the stand-in can be told where to send).
+pub async fn spawn_app_with_stripe_webhooks() -> TestApp {
+    let port = tollgate_e2e::free_port();
+    let standin = stripe_standin::spawn(stripe_standin::Config {
+        api_key: Some(STRIPE_KEY.to_owned()),
+        webhook_url: Some(format!("http://127.0.0.1:{port}/api/v1/webhooks/stripe")),
+        webhook_secret: WEBHOOK_SECRET.to_owned(),
+        webhook_retry_base: std::time::Duration::from_millis(100),
+        ..stripe_standin::Config::default()
+    })
+    .await
+    .expect("stripe stand-in starts");
+    spawn_app_on(Some(standin), Some(port)).await
+}
 
 async fn spawn_app_with(stripe: Option<stripe_standin::Running>) -> TestApp {
+    spawn_app_on(stripe, None).await
+}
+
+async fn spawn_app_on(stripe: Option<stripe_standin::Running>, port: Option<u16>) -> TestApp {
     let database = TestDatabase::create().await.expect("test database");
     let mut config = test_config(&database.url);
+    if let Some(port) = port {
+        config.control_plane.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    }
     config.stripe = stripe
         .as_ref()
         .map(|s| tollgate_control_plane::config::StripeSettings {
             api_base: s.url.clone(),
             secret_key: STRIPE_KEY.to_owned().into(),
-            webhook_secrets: vec!["whsec_standin".to_owned().into()],
+            webhook_secrets: vec![WEBHOOK_SECRET.to_owned().into()],
+            webhook_tolerance_seconds: 300,
             test_clock: None,
         });
     let service_token = config.internal.service_token.expose_secret().to_owned();
@@ -160,5 +185,55 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+}
+
+impl TestApp {
+    /// POST a form to the Stripe stand-in (its test helpers).
+    pub async fn stripe_post(&self, path: &str, form: &[(&str, &str)]) -> serde_json::Value {
+        let base = &self.stripe.as_ref().expect("spawned with a stand-in").url;
+        let r = self
+            .http
+            .post(format!("{base}{path}"))
+            .bearer_auth(STRIPE_KEY)
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// Waits until `query` (one bool column) is true, or fails after 10 s.
+    pub async fn eventually(&self, what: &str, query: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let ok: Option<bool> = sqlx::query_scalar(sqlx::AssertSqlSafe(query.to_owned()))
+                .fetch_optional(&self.pool)
+                .await
+                .unwrap()
+                .flatten();
+            if ok == Some(true) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// POSTs `body` to the webhook endpoint with the given Stripe-Signature header.
+    pub async fn deliver(&self, body: &str, signature: Option<String>) -> reqwest::Response {
+        let mut r = self
+            .http
+            .post(self.url("/api/v1/webhooks/stripe"))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(sig) = signature {
+            r = r.header("stripe-signature", sig);
+        }
+        r.send().await.unwrap()
     }
 }

@@ -8,3 +8,4 @@ mod helpers;
 mod internal;
 mod schema;
 mod usage;
+mod webhooks;

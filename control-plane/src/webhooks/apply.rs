@@ -1,0 +1,382 @@
+//! The inbox worker: applies stored Stripe events one at a time, each in the transaction
+//! that marks it applied.
+//!
+//! Order independence: Stripe does not order deliveries, so an event is a *hint* that an
+//! object changed; the worker re-fetches the subscription from Stripe and stores Stripe's
+//! current state. Applying any set of events in any order converges to what Stripe holds.
+
+use crate::http::AppState;
+use crate::stripe::GatewayError;
+use billing_model::{CustomerId, PlanId};
+use serde_json::Value;
+use sqlx::{Postgres, Transaction};
+use std::time::Duration;
+use stripe_billing::subscription::RetrieveSubscription;
+use time::OffsetDateTime;
+
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// Stripe could not be asked; the event stays pending and is retried.
+    #[error(transparent)]
+    Stripe(#[from] GatewayError),
+}
+
+impl From<stripe::StripeError> for ApplyError {
+    fn from(e: stripe::StripeError) -> Self {
+        ApplyError::Stripe(GatewayError::Stripe(e))
+    }
+}
+
+/// Applies pending events until `stop` fires; wakes on new events and every second.
+pub async fn run_worker(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(webhooks) = state.webhooks.clone() else {
+        return;
+    };
+    loop {
+        loop {
+            match apply_next(&state).await {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook worker: will retry");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = webhooks.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Applies the oldest pending event; `false` when none is pending.
+pub async fn apply_next(state: &AppState) -> anyhow::Result<bool> {
+    let mut tx = state.pool.begin().await?;
+    let Some(event) = sqlx::query!(
+        "SELECT event_id, event_type, payload, received_at FROM stripe_events
+         WHERE applied_at IS NULL
+         ORDER BY received_at
+         LIMIT 1
+         FOR UPDATE SKIP LOCKED"
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(false);
+    };
+    let started = std::time::Instant::now();
+    let object = event.payload["data"]["object"].clone();
+    let outcome = apply(state, &mut tx, &event.event_type, &object).await;
+    let (label, touched) = match outcome {
+        Ok(Some(customer)) => ("applied", Some(customer)),
+        Ok(None) => ("ignored", None),
+        Err(ApplyError::Stripe(e)) => {
+            // Leave it pending: Stripe is unreachable or refused; the next pass retries.
+            tx.rollback().await?;
+            state
+                .metrics
+                .webhook_events
+                .with_label_values(&[event.event_type.as_str(), "failed", "stripe"])
+                .inc();
+            return Err(e.into());
+        }
+        Err(ApplyError::Database(e)) => return Err(e.into()),
+    };
+    sqlx::query!(
+        "UPDATE stripe_events SET applied_at = now(), outcome = $2 WHERE event_id = $1",
+        event.event_id,
+        label
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    state
+        .metrics
+        .webhook_events
+        .with_label_values(&[event.event_type.as_str(), label, ""])
+        .inc();
+    state
+        .metrics
+        .webhook_apply_seconds
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(customer) = touched
+        && let Err(e) = state.publisher.publish(&customer).await
+    {
+        tracing::warn!(error = %e, customer = %customer, "entitlement publish after webhook failed");
+    }
+    Ok(true)
+}
+
+/// Applies one event; returns the customer whose access may have changed.
+async fn apply(
+    state: &AppState,
+    tx: &mut Transaction<'_, Postgres>,
+    kind: &str,
+    object: &Value,
+) -> Result<Option<CustomerId>, ApplyError> {
+    match kind {
+        "checkout.session.completed" => match object["mode"].as_str() {
+            Some("subscription") => match object["subscription"].as_str() {
+                Some(id) => sync_subscription(state, tx, id).await,
+                None => Ok(None),
+            },
+            Some("payment") => grant_credits(state, tx, object).await,
+            _ => Ok(None),
+        },
+        "customer.subscription.created"
+        | "customer.subscription.updated"
+        | "customer.subscription.deleted" => match object["id"].as_str() {
+            Some(id) => sync_subscription(state, tx, id).await,
+            None => Ok(None),
+        },
+        "invoice.paid" | "invoice.payment_failed" | "invoice.payment_action_required" => {
+            let Some(subscription) = invoice_subscription(object) else {
+                return Ok(None);
+            };
+            let customer = sync_subscription(state, tx, &subscription).await?;
+            record_payment(state, tx, kind, &subscription, object).await?;
+            Ok(customer)
+        }
+        "charge.refunded" => revoke_refunded_credits(tx, object).await,
+        _ => Ok(None),
+    }
+}
+
+fn invoice_subscription(invoice: &Value) -> Option<String> {
+    invoice["parent"]["subscription_details"]["subscription"]
+        .as_str()
+        .or_else(|| invoice["subscription"].as_str())
+        .map(str::to_owned)
+}
+
+/// Stores Stripe's current state of a subscription (fetched now, not taken from the
+/// event, so an old event can never overwrite a newer state).
+async fn sync_subscription(
+    state: &AppState,
+    tx: &mut Transaction<'_, Postgres>,
+    subscription_id: &str,
+) -> Result<Option<CustomerId>, ApplyError> {
+    let gateway = state
+        .stripe
+        .as_ref()
+        .ok_or(GatewayError::Incomplete("stripe settings"))?;
+    let sub = RetrieveSubscription::new(subscription_id)
+        .send(gateway.client())
+        .await?;
+    let stripe_customer = sub.customer.id().as_str().to_owned();
+    let Some(item) = sub.items.data.first() else {
+        return Ok(None);
+    };
+    let plan = item
+        .price
+        .lookup_key
+        .as_deref()
+        .and_then(|k| k.strip_prefix("tollgate_"))
+        .and_then(|k| k.strip_suffix("_monthly"))
+        .or_else(|| item.price.metadata.get("tollgate_plan").map(String::as_str))
+        .and_then(|p| PlanId::parse(p).ok());
+    let Some(plan) = plan else {
+        tracing::warn!(
+            subscription = subscription_id,
+            "subscription price is not a tollgate plan; ignored"
+        );
+        return Ok(None);
+    };
+    let customer = match sqlx::query_scalar!(
+        "SELECT customer_id FROM customers WHERE stripe_customer_id = $1",
+        stripe_customer
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    {
+        Some(c) => c,
+        None => match sub.metadata.get("tollgate_customer_id") {
+            Some(c) => c.clone(),
+            None => return Ok(None),
+        },
+    };
+    let Ok(customer_id) = CustomerId::parse(&customer) else {
+        return Ok(None);
+    };
+    let period_start = OffsetDateTime::from_unix_timestamp(item.current_period_start).ok();
+    let period_end = OffsetDateTime::from_unix_timestamp(item.current_period_end).ok();
+    let status = sub.status.as_str().to_owned();
+    sqlx::query!(
+        "INSERT INTO customers (customer_id, stripe_customer_id) VALUES ($1, $2)
+         ON CONFLICT (customer_id) DO UPDATE
+         SET stripe_customer_id = COALESCE(customers.stripe_customer_id, EXCLUDED.stripe_customer_id)",
+        customer,
+        stripe_customer
+    )
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO subscriptions (customer_id, stripe_subscription_id, stripe_customer_id,
+             plan_type, billing_model, status, current_period_start, current_period_end,
+             cancel_at_period_end, stripe_state_at)
+         VALUES ($1, $2, $3, $4, 'fixed_fee', $5, $6, $7, $8, $9)
+         ON CONFLICT (stripe_subscription_id) DO UPDATE SET
+             plan_type = EXCLUDED.plan_type,
+             status = EXCLUDED.status,
+             current_period_start = EXCLUDED.current_period_start,
+             current_period_end = EXCLUDED.current_period_end,
+             cancel_at_period_end = EXCLUDED.cancel_at_period_end,
+             stripe_state_at = GREATEST(subscriptions.stripe_state_at, EXCLUDED.stripe_state_at),
+             updated_at = now()",
+        customer,
+        subscription_id,
+        stripe_customer,
+        plan.as_str(),
+        status,
+        period_start,
+        period_end,
+        sub.cancel_at_period_end,
+        OffsetDateTime::now_utc().unix_timestamp()
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(Some(customer_id))
+}
+
+/// Dunning: a failed payment opens (or keeps) the grace period — never shorter than the
+/// period already paid for; a paid invoice closes it.
+async fn record_payment(
+    state: &AppState,
+    tx: &mut Transaction<'_, Postgres>,
+    kind: &str,
+    subscription_id: &str,
+    invoice: &Value,
+) -> Result<(), ApplyError> {
+    let grace = state
+        .webhooks
+        .as_ref()
+        .map(|w| w.grace)
+        .unwrap_or(time::Duration::days(7));
+    if kind == "invoice.paid" {
+        sqlx::query!(
+            "UPDATE subscriptions SET payment_failed_attempts = 0, next_payment_attempt = NULL,
+                 grace_until = NULL, updated_at = now()
+             WHERE stripe_subscription_id = $1",
+            subscription_id
+        )
+        .execute(&mut **tx)
+        .await?;
+        return Ok(());
+    }
+    let attempts = invoice["attempt_count"].as_i64().unwrap_or(1) as i32;
+    let next = invoice["next_payment_attempt"]
+        .as_i64()
+        .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+    let grace_end = OffsetDateTime::now_utc() + grace;
+    sqlx::query!(
+        "UPDATE subscriptions SET
+             payment_failed_attempts = GREATEST(payment_failed_attempts, $2),
+             next_payment_attempt = $3,
+             grace_until = COALESCE(grace_until, GREATEST($4, current_period_end)),
+             updated_at = now()
+         WHERE stripe_subscription_id = $1",
+        subscription_id,
+        attempts,
+        next,
+        grace_end
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A paid credit pack becomes a grant (once per Checkout Session), and the customer is on
+/// the credit-burndown model of that plan.
+async fn grant_credits(
+    state: &AppState,
+    tx: &mut Transaction<'_, Postgres>,
+    session: &Value,
+) -> Result<Option<CustomerId>, ApplyError> {
+    if session["payment_status"].as_str() != Some("paid") {
+        return Ok(None);
+    }
+    let metadata = &session["metadata"];
+    let (Some(customer), Some(plan), Some(total)) = (
+        metadata["tollgate_customer_id"].as_str(),
+        metadata["tollgate_plan"].as_str(),
+        session["amount_total"].as_i64(),
+    ) else {
+        return Ok(None);
+    };
+    let Some(plan) = PlanId::parse(plan).ok().and_then(|p| state.catalog.get(&p)) else {
+        return Ok(None);
+    };
+    let Some(unit_price) = plan.credit_unit_price() else {
+        return Ok(None);
+    };
+    let Ok(customer_id) = CustomerId::parse(customer) else {
+        return Ok(None);
+    };
+    let amount = billing_model::Money::from_cents(total);
+    sqlx::query!(
+        "INSERT INTO customers (customer_id, stripe_customer_id) VALUES ($1, $2)
+         ON CONFLICT (customer_id) DO NOTHING",
+        customer,
+        session["customer"].as_str()
+    )
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO billing_credits (customer_id, credit_amount, unit_price,
+             stripe_checkout_session_id, stripe_payment_intent_id)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (stripe_checkout_session_id) DO NOTHING",
+        customer,
+        amount.as_decimal(),
+        unit_price.as_decimal(),
+        session["id"].as_str(),
+        session["payment_intent"].as_str()
+    )
+    .execute(&mut **tx)
+    .await?;
+    let anchor = OffsetDateTime::now_utc();
+    sqlx::query!(
+        "INSERT INTO subscriptions (customer_id, plan_type, billing_model, status,
+             current_period_start, current_period_end)
+         VALUES ($1, $2, 'credit_burndown', 'active', $3, $4)
+         ON CONFLICT (customer_id) WHERE stripe_subscription_id IS NULL DO UPDATE
+         SET plan_type = EXCLUDED.plan_type, status = 'active', updated_at = now()",
+        customer,
+        plan.id().as_str(),
+        anchor,
+        anchor + time::Duration::days(30)
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(Some(customer_id))
+}
+
+/// A refunded charge revokes what is left of the credits it bought.
+async fn revoke_refunded_credits(
+    tx: &mut Transaction<'_, Postgres>,
+    charge: &Value,
+) -> Result<Option<CustomerId>, ApplyError> {
+    let Some(intent) = charge["payment_intent"].as_str() else {
+        return Ok(None);
+    };
+    let revoked = sqlx::query_scalar!(
+        "UPDATE billing_credits SET closed_at = now(), closed_reason = 'refund', updated_at = now()
+         WHERE stripe_payment_intent_id = $1 AND closed_at IS NULL
+         RETURNING customer_id",
+        intent
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(revoked
+        .into_iter()
+        .next()
+        .and_then(|c| CustomerId::parse(&c).ok()))
+}

@@ -1,0 +1,314 @@
+//! Stripe webhooks: verified, stored once, applied in any order, driving entitlements.
+
+use crate::helpers::{WEBHOOK_SECRET, spawn_app_with_stripe, spawn_app_with_stripe_webhooks};
+use serde_json::{Value, json};
+use tollgate_control_plane::webhooks::signature::sign;
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn event(id: &str, kind: &str, object: Value) -> String {
+    json!({
+        "id": id, "object": "event", "type": kind, "created": now(),
+        "api_version": "2026-09-30.endive", "livemode": false, "pending_webhooks": 1,
+        "request": { "id": null, "idempotency_key": null },
+        "data": { "object": object },
+    })
+    .to_string()
+}
+
+async fn stored_events(app: &crate::helpers::TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM stripe_events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn checkout(app: &crate::helpers::TestApp, customer: &str, body: Value) -> String {
+    let r: Value = app
+        .post_json("/api/v1/billing/checkout", customer, &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    r["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn checkout_completed_makes_the_subscription_active_and_publishes_the_entitlement() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let session = checkout(
+        &app,
+        "wes",
+        json!({"plan": "premium", "billing_model": "fixed_fee",
+               "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
+    )
+    .await;
+    app.stripe_post(
+        &format!("/v1/test_helpers/checkout/sessions/{session}/complete"),
+        &[],
+    )
+    .await;
+    app.eventually(
+        "the subscription to be stored active",
+        "SELECT bool_or(status = 'active' AND plan_type = 'premium') FROM subscriptions WHERE customer_id = 'wes'",
+    )
+    .await;
+    let snapshot: Value = app
+        .http
+        .get(app.url("/internal/v1/entitlements/wes"))
+        .bearer_auth(&app.service_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(snapshot["plan"], "premium");
+    assert_eq!(snapshot["overage_allowed"], true);
+    assert_eq!(snapshot["included_units"], 100);
+    app.eventually(
+        "every delivered event to be applied",
+        "SELECT count(*) > 0 AND bool_and(applied_at IS NOT NULL) FROM stripe_events",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_paid_credit_pack_becomes_a_grant_once_and_a_refund_revokes_what_is_left() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let session = checkout(
+        &app,
+        "xia",
+        json!({"plan": "premium", "billing_model": "credit_burndown", "credit_units": 100,
+               "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
+    )
+    .await;
+    app.stripe_post(
+        &format!("/v1/test_helpers/checkout/sessions/{session}/complete"),
+        &[],
+    )
+    .await;
+    app.eventually(
+        "the grant",
+        "SELECT bool_or(credit_amount = 199.00) FROM billing_credits WHERE customer_id = 'xia'",
+    )
+    .await;
+    let snapshot: Value = app
+        .http
+        .get(app.url("/internal/v1/entitlements/xia"))
+        .bearer_auth(&app.service_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(snapshot["billing_model"], "credit_burndown");
+    assert_eq!(snapshot["credit_units_purchased"], 100);
+
+    let completed = app
+        .stripe_get(&format!("/v1/checkout/sessions/{session}"))
+        .await;
+    let intent = completed["payment_intent"].as_str().unwrap().to_owned();
+    app.stripe_post("/v1/refunds", &[("payment_intent", intent.as_str())])
+        .await;
+    app.eventually(
+        "the refund to revoke the grant",
+        "SELECT bool_and(closed_reason = 'refund') FROM billing_credits WHERE customer_id = 'xia'",
+    )
+    .await;
+    let grants: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM billing_credits WHERE customer_id = 'xia'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(grants, 1, "redelivered events never grant twice");
+}
+
+#[tokio::test]
+async fn unverifiable_webhooks_are_refused_with_a_clear_code_and_change_nothing() {
+    let app = spawn_app_with_stripe().await;
+    let body = event(
+        "evt_bad_1",
+        "customer.subscription.updated",
+        json!({"id": "sub_x", "object": "subscription"}),
+    );
+    let t = now();
+    let cases = [
+        (
+            body.replace("sub_x", "sub_y"),
+            Some(sign(body.as_bytes(), WEBHOOK_SECRET, t)),
+            "invalid_signature",
+        ),
+        (
+            body.clone(),
+            Some(sign(body.as_bytes(), "whsec_someone_else", t)),
+            "invalid_signature",
+        ),
+        (
+            body.clone(),
+            Some(sign(body.as_bytes(), WEBHOOK_SECRET, t - 301)),
+            "timestamp_outside_tolerance",
+        ),
+        (body.clone(), None, "missing_signature"),
+        (
+            "{not json".to_owned(),
+            Some(sign(b"{not json", WEBHOOK_SECRET, t)),
+            "malformed_payload",
+        ),
+    ];
+    for (payload, signature, code) in cases {
+        let r = app.deliver(&payload, signature).await;
+        assert_eq!(r.status(), 400, "{code}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], code);
+    }
+    assert_eq!(
+        stored_events(&app).await,
+        0,
+        "nothing was stored or applied"
+    );
+}
+
+#[tokio::test]
+async fn a_duplicated_event_is_stored_and_applied_once() {
+    let app = spawn_app_with_stripe().await;
+    let body = event(
+        "evt_dup_1",
+        "some.unknown_type",
+        json!({"id": "x_1", "object": "thing"}),
+    );
+    for expected in [false, true, true] {
+        let r = app
+            .deliver(&body, Some(sign(body.as_bytes(), WEBHOOK_SECRET, now())))
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json::<Value>().await.unwrap()["duplicate"], expected);
+    }
+    assert_eq!(stored_events(&app).await, 1);
+    app.eventually(
+        "the unknown event to be counted and ignored",
+        "SELECT bool_and(outcome = 'ignored') FROM stripe_events",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_event_persisted_before_a_crash_is_applied_after_restart() {
+    // A crash between the 200 and the apply leaves the event pending in the inbox;
+    // whichever replica runs next applies it.
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let session = checkout(
+        &app,
+        "yan",
+        json!({"plan": "enterprise", "billing_model": "fixed_fee",
+               "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
+    )
+    .await;
+    // Pause deliveries: the app never hears of the payment...
+    app.stripe_post("/v1/test_helpers/webhooks/config", &[("paused", "true")])
+        .await;
+    app.stripe_post(
+        &format!("/v1/test_helpers/checkout/sessions/{session}/complete"),
+        &[],
+    )
+    .await;
+    let events = app
+        .stripe_get("/v1/events?type=checkout.session.completed")
+        .await;
+    let completed = events["data"][0].clone();
+    // ...until the event is found stored but unapplied, as a crash would leave it.
+    sqlx::query(
+        "INSERT INTO stripe_events (event_id, event_type, stripe_created, payload)
+         VALUES ($1, 'checkout.session.completed', $2, $3)",
+    )
+    .bind(completed["id"].as_str().unwrap())
+    .bind(completed["created"].as_i64().unwrap())
+    .bind(&completed)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.eventually(
+        "the stored event to be applied",
+        "SELECT bool_or(status = 'active' AND plan_type = 'enterprise') FROM subscriptions WHERE customer_id = 'yan'",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn events_in_any_order_and_repeated_converge_to_stripes_state() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    // Deliver duplicated and shuffled from the start.
+    app.stripe_post(
+        "/v1/test_helpers/webhooks/config",
+        &[("duplicate", "true"), ("reorder", "true")],
+    )
+    .await;
+    let session = checkout(
+        &app,
+        "zoe",
+        json!({"plan": "premium", "billing_model": "fixed_fee",
+               "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
+    )
+    .await;
+    app.stripe_post(
+        &format!("/v1/test_helpers/checkout/sessions/{session}/complete"),
+        &[],
+    )
+    .await;
+    let sub = app
+        .stripe_get(&format!("/v1/checkout/sessions/{session}"))
+        .await["subscription"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Several changes in a row: each produces customer.subscription.updated.
+    for flag in ["true", "false", "true"] {
+        app.stripe_post(
+            &format!("/v1/subscriptions/{sub}"),
+            &[("cancel_at_period_end", flag)],
+        )
+        .await;
+    }
+    app.eventually(
+        "the final state (cancel at period end) to be stored",
+        &format!(
+            "SELECT bool_and(cancel_at_period_end AND status = 'active') FROM subscriptions WHERE stripe_subscription_id = '{sub}'"
+        ),
+    )
+    .await;
+    // Replaying every event again, newest first, changes nothing.
+    let events = app.stripe_get("/v1/events?limit=100").await;
+    for e in events["data"].as_array().unwrap() {
+        let body = e.to_string();
+        let mut replayed = e.clone();
+        replayed["id"] = json!(format!("{}_replay", e["id"].as_str().unwrap()));
+        let replay = replayed.to_string();
+        for b in [body, replay] {
+            app.deliver(&b, Some(sign(b.as_bytes(), WEBHOOK_SECRET, now())))
+                .await;
+        }
+    }
+    app.eventually(
+        "every replay to be applied",
+        "SELECT bool_and(applied_at IS NOT NULL) FROM stripe_events",
+    )
+    .await;
+    let cancel: bool = sqlx::query_scalar(
+        "SELECT cancel_at_period_end FROM subscriptions WHERE stripe_subscription_id = $1",
+    )
+    .bind(&sub)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        cancel,
+        "old events replayed late never overwrite Stripe's current state"
+    );
+}
