@@ -49,6 +49,9 @@ start proxy "$bin/tollgate-proxy" --config "$CONFIG"
 wait_for ticket-api http://127.0.0.1:8090/health
 wait_for control-plane http://127.0.0.1:8081/health/ready
 wait_for proxy http://127.0.0.1:9101/health/ready
+# Products and prices in Stripe (or the stand-in) from config/plans.toml; idempotent.
+"$bin/tollgate-control-plane" --config "$CONFIG" sync-catalog >"$logs/sync-catalog.log" 2>&1 \
+  || { echo "[demo] sync-catalog failed:"; cat "$logs/sync-catalog.log"; exit 1; }
 
 cat <<TXT
 [demo] tollgate is up (logs in $logs):
