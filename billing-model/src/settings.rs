@@ -188,6 +188,23 @@ mod tests {
     }
 
     #[test]
+    // figment's Jail fixes the closure's error type; its size is not ours to choose.
+    #[allow(clippy::result_large_err)]
+    fn the_environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "tollgate.toml",
+                "[redis]\nurl = \"redis://file\"\nkey_prefix = \"from-file:\"\n",
+            )?;
+            jail.set_env("TOLLGATE_REDIS__KEY_PREFIX", "from-env:");
+            let s: Sample =
+                load_config(std::path::Path::new("tollgate.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(s.redis.key_prefix, "from-env:");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn secrets_do_not_print_in_debug_output() {
         let f = write("[redis]\nurl = \"redis://:hunter2@127.0.0.1\"\n");
         let s: Sample = load_config(&f.0).unwrap();

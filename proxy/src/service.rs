@@ -70,6 +70,9 @@ struct Admission {
 /// Per-request state.
 #[derive(Default)]
 pub struct RequestCtx {
+    /// The client's `x-request-id`, or one minted here; sent upstream, returned to the
+    /// client and on every log line about the request.
+    request_id: String,
     class: Option<RouteClass>,
     /// Time spent in tollgate's own phases.
     spent: Duration,
@@ -355,7 +358,7 @@ impl TollgateProxy {
             }
             Err(e) => match self.failure_policy {
                 FailurePolicy::Deny => {
-                    tracing::warn!(error = %e, customer = %customer, "usage check unavailable; refusing (policy deny)");
+                    tracing::warn!(error = %e, customer = %customer, request_id = %ctx.request_id, "usage check unavailable; refusing (policy deny)");
                     let p = Problem::new(
                         503,
                         "usage_check_unavailable",
@@ -372,7 +375,7 @@ impl TollgateProxy {
                     .await
                 }
                 FailurePolicy::Allow => {
-                    tracing::warn!(error = %e, customer = %customer, "usage check unavailable; admitting (policy allow)");
+                    tracing::warn!(error = %e, customer = %customer, request_id = %ctx.request_id, "usage check unavailable; admitting (policy allow)");
                     self.admit(
                         ctx,
                         Admission {
@@ -489,6 +492,13 @@ impl ProxyHttp for TollgateProxy {
         let started = Instant::now();
         let class = {
             let req = session.req_header();
+            ctx.request_id = req
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty() && v.len() <= 128)
+                .map(str::to_owned)
+                .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
             self.routes.load().classify(&req.method, req.uri.path())
         };
         ctx.class = Some(class);
@@ -508,7 +518,7 @@ impl ProxyHttp for TollgateProxy {
                 let now = OffsetDateTime::now_utc();
                 match self.entitlements.get(&customer, now).await {
                     Err(e) => {
-                        tracing::warn!(error = %e, customer = %customer, "entitlement unavailable");
+                        tracing::warn!(error = %e, customer = %customer, request_id = %ctx.request_id, "entitlement unavailable");
                         let p = Problem::new(
                             503,
                             "entitlement_unavailable",
@@ -541,6 +551,16 @@ impl ProxyHttp for TollgateProxy {
         Ok(done)
     }
 
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -571,6 +591,7 @@ impl ProxyHttp for TollgateProxy {
                 self.release(admission);
             }
         }
+        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some((policy, ratelimit)) = ctx.ratelimit.take() {
             upstream_response.insert_header("ratelimit-policy", policy)?;
             upstream_response.insert_header("ratelimit", ratelimit)?;
@@ -579,7 +600,14 @@ impl ProxyHttp for TollgateProxy {
         Ok(())
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        tracing::debug!(
+            request_id = %ctx.request_id,
+            route_class = ctx.class.map(|c| c.label()).unwrap_or("none"),
+            status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0),
+            error = e.map(|e| e.to_string()),
+            "request done"
+        );
         // No upstream response ever came (connect failure, timeout, client gone):
         // nothing was consumed.
         if let Some(admission) = ctx.admission.take() {

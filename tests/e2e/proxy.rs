@@ -545,3 +545,240 @@ async fn sigterm_drains_in_flight_requests_and_ships_their_usage_before_exit() {
     // Shipped during the drain: no proxy is running any more.
     stack.wait_for_ledger("drainer", 1).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_burst_of_first_requests_fills_the_entitlement_once() {
+    let stack = Stack::start().await.unwrap();
+    let token = stack.token("burst").unwrap();
+    let before = stack
+        .proxy_metric("tollgate_proxy_entitlement_fills_total", &[])
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let client = reqwest::Client::new();
+        let url = stack.proxy_url("/api/v1/chat");
+        let token = token.clone();
+        tasks.spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        assert_eq!(r.unwrap().unwrap(), 200);
+    }
+    let after = stack
+        .proxy_metric("tollgate_proxy_entitlement_fills_total", &[])
+        .await
+        .unwrap();
+    assert!(
+        after - before <= 2.0,
+        "50 concurrent misses asked the control plane {} times",
+        after - before
+    );
+}
+
+#[tokio::test]
+async fn the_allow_policy_admits_and_records_when_redis_is_unreachable() {
+    let stack = Stack::start().await.unwrap();
+    let (mut dead, dead_port) = stack
+        .extra_proxy_edited("dead-redis-allow", |text| {
+            text.replace(&tollgate_e2e::redis_url(), "redis://127.0.0.1:1")
+                .replace(
+                    "entitlement_fill_timeout_ms = 2000\n",
+                    "entitlement_fill_timeout_ms = 2000\nhard_limit_failure_policy = \"allow\"\n",
+                )
+        })
+        .await
+        .unwrap();
+    let token = stack.token("free-allow").unwrap();
+    let r = stack
+        .http
+        .post(format!("http://127.0.0.1:{dead_port}/api/v1/tickets"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "admitted under the allow policy");
+    // Recorded all the same: the usage reaches the ledger.
+    stack.wait_for_ledger("free-allow", 1).await.unwrap();
+    let _ = dead.terminate(Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn routes_reload_on_sighup_without_a_restart() {
+    let stack = Stack::start().await.unwrap();
+    let token = stack.token("reload").unwrap();
+    for _ in 0..10 {
+        stack.create_ticket(&token).await.unwrap();
+    }
+    assert_eq!(stack.create_ticket(&token).await.unwrap().status(), 403);
+    // Ticket creation stops being metered once the rule is removed and SIGHUP is sent.
+    let text = std::fs::read_to_string(&stack.config).unwrap();
+    let without = text.replace(
+        "[[proxy.routes]]\nmethod = \"POST\"\npath = \"/api/v1/tickets\"\nkind = \"metered\"\nusage_type = \"ticket_creation\"\n",
+        "",
+    );
+    assert_ne!(text, without, "the test config has the ticket rule");
+    std::fs::write(&stack.config, without).unwrap();
+    let pid = stack.proxy.as_ref().unwrap().pid();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    let mut status = 0;
+    for _ in 0..100 {
+        status = stack.create_ticket(&token).await.unwrap().status().as_u16();
+        if status == 201 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 201, "the reloaded table no longer meters tickets");
+}
+
+#[tokio::test]
+async fn a_trusted_gateway_header_identifies_the_customer_only_where_enabled() {
+    let stack = Stack::start().await.unwrap();
+    let (mut gated, port) = stack
+        .extra_proxy_edited("gateway", |text| {
+            text.replace(
+                "leeway_seconds = 0\n",
+                "leeway_seconds = 0\ntrusted_header = \"x-customer-id\"\n",
+            )
+        })
+        .await
+        .unwrap();
+    let post = |url: String, header: Option<&'static str>| {
+        let mut r = stack.http.post(url).json(&serde_json::json!({}));
+        if let Some(h) = header {
+            r = r.header("x-customer-id", h);
+        }
+        r.send()
+    };
+    let via_gateway = post(
+        format!("http://127.0.0.1:{port}/api/v1/tickets"),
+        Some("gated-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(via_gateway.status(), 201);
+    let no_identity = post(format!("http://127.0.0.1:{port}/api/v1/tickets"), None)
+        .await
+        .unwrap();
+    assert_eq!(no_identity.status(), 401);
+    // The main proxy does not trust the header: it is not configured to.
+    let spoofed = post(stack.proxy_url("/api/v1/tickets"), Some("gated-1"))
+        .await
+        .unwrap();
+    assert_eq!(spoofed.status(), 401);
+    let _ = gated.terminate(Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_gap_in_the_update_sequence_drops_the_cache() {
+    let stack = Stack::start().await.unwrap();
+    stack.publish("gap-a").await.unwrap();
+    // Another publisher's update was lost: the sequence jumps.
+    let mut redis = stack.redis().await.unwrap();
+    let _: i64 = redis::cmd("INCRBY")
+        .arg(format!("{}entitlements:seq", stack.key_prefix))
+        .arg(5)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    stack.publish("gap-b").await.unwrap();
+    let mut gaps = 0.0;
+    for _ in 0..100 {
+        gaps = stack
+            .proxy_metric(
+                "tollgate_proxy_entitlement_updates_total",
+                &[r#"outcome="gap""#],
+            )
+            .await
+            .unwrap();
+        if gaps >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        gaps, 1.0,
+        "the proxy noticed the gap and dropped what it cannot trust"
+    );
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_that_the_upstream_sees_too() {
+    let stack = Stack::start().await.unwrap();
+    let mine = stack
+        .http
+        .get(stack.proxy_url("/api/v1/tickets"))
+        .header("x-request-id", "req-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mine.headers()["x-request-id"], "req-123");
+    let minted = stack
+        .http
+        .get(stack.proxy_url("/api/v1/tickets"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.headers()["x-request-id"].len(), 32);
+}
+
+#[tokio::test]
+async fn es256_tokens_verify_against_keys_fetched_from_a_jwks_url() {
+    let stack = Stack::start().await.unwrap();
+    let jwks = tollgate_e2e::es256_jwks().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get(move || {
+                let jwks = jwks.clone();
+                async move { jwks }
+            }),
+        );
+        axum::serve(listener, app).await
+    });
+    let (mut idp, port) = stack
+        .extra_proxy_edited("jwks", |text| {
+            text.replace(
+                "hs256_secret = \"test-only-hs256-secret-0123456789abcdef\"\n",
+                &format!("jwks_url = \"http://127.0.0.1:{jwks_port}/.well-known/jwks.json\"\n"),
+            )
+        })
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/api/v1/tickets");
+    let es256 = tollgate_e2e::es256_token("jwks-user").unwrap();
+    let r = stack
+        .http
+        .post(&url)
+        .bearer_auth(es256)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // An HS256 token is not accepted by a proxy that only knows the JWKS.
+    let hs256 = stack.token("jwks-user").unwrap();
+    let r = stack
+        .http
+        .post(&url)
+        .bearer_auth(hs256)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let _ = idp.terminate(Duration::from_secs(10));
+}

@@ -471,6 +471,17 @@ impl Stack {
         name: &str,
         redis: &str,
     ) -> anyhow::Result<(Process, u16)> {
+        let redis = redis.to_owned();
+        self.extra_proxy_edited(name, move |text| text.replace(&redis_url(), &redis))
+            .await
+    }
+
+    /// Like [`Stack::extra_proxy`], with its configuration text edited by `edit`.
+    pub async fn extra_proxy_edited(
+        &self,
+        name: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> anyhow::Result<(Process, u16)> {
         let mut ports = self.ports;
         ports.proxy = free_port();
         ports.proxy_admin = free_port();
@@ -483,7 +494,7 @@ impl Stack {
             &self.key_prefix,
             "",
         )?;
-        let text = std::fs::read_to_string(&config)?.replace(&redis_url(), redis);
+        let text = edit(std::fs::read_to_string(&config)?);
         std::fs::write(&config, text)?;
         let process = self.spawn_proxy(&config, ports.proxy_admin).await?;
         Ok((process, ports.proxy))
@@ -735,5 +746,40 @@ fn issue(customer: &str, secret: &str, age: u64, ttl: u64) -> anyhow::Result<Str
         &billing_model::CustomerId::parse(customer)?,
         now - age,
         ttl,
+    )?)
+}
+
+/// A throwaway P-256 key made for tests only (the same one billing-model's unit tests use).
+pub const ES256_TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgcuSDofCSi7pqDc3W
+UMVDbwlIW7l+AiApwggaM5ik2FuhRANCAAQleUKSlRFHaaqFCe98uBQkTc96Tb5M
+84rQYE/UWz1NLaRs6x6anqoEeEhCk0XHphGrhaRRtXtyaejmsyBJ3Zjl
+-----END PRIVATE KEY-----";
+
+/// The JWKS (public part) of [`ES256_TEST_KEY`], with key id `k1`.
+pub fn es256_jwks() -> anyhow::Result<String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, jwk::Jwk};
+    let key = EncodingKey::from_ec_pem(ES256_TEST_KEY.as_bytes())?;
+    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)?;
+    jwk.common.key_id = Some("k1".into());
+    Ok(serde_json::json!({ "keys": [jwk] }).to_string())
+}
+
+/// An ES256 token for `customer` signed with [`ES256_TEST_KEY`].
+pub fn es256_token(customer: &str) -> anyhow::Result<String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let claims = serde_json::json!({
+        "sub": customer, "iss": "tollgate-test", "aud": "ticket-api",
+        "iat": now, "exp": now + 600,
+    });
+    Ok(jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_ec_pem(ES256_TEST_KEY.as_bytes())?,
     )?)
 }
