@@ -285,3 +285,80 @@ pub async fn listen_for_updates(
         entitlements.invalidate_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use billing_model::{AccessStatus, BillingModel, PlanId};
+
+    fn snapshot(customer: &str, plan: &str, version: u64) -> EntitlementSnapshot {
+        let now = OffsetDateTime::now_utc();
+        EntitlementSnapshot {
+            customer_id: CustomerId::parse(customer).unwrap(),
+            plan: PlanId::parse(plan).unwrap(),
+            billing_model: BillingModel::FixedFee,
+            status: AccessStatus::Active,
+            period_start: now - time::Duration::days(1),
+            period_end: now + time::Duration::days(29),
+            included_units: 10,
+            overage_allowed: false,
+            units_used: 0,
+            credit_units_purchased: 0,
+            credit_units_used: 0,
+            chat_enabled: true,
+            upgrade_url: None,
+            version,
+        }
+    }
+
+    fn cache() -> Entitlements {
+        let registry = prometheus::Registry::new();
+        Entitlements::new(
+            100,
+            "http://127.0.0.1:1",
+            "token".to_owned().into(),
+            Duration::from_millis(100),
+            Arc::new(ProxyMetrics::register(&registry).unwrap()),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stale_update_never_replaces_a_newer_one() {
+        let c = cache();
+        let customer = CustomerId::parse("alice").unwrap();
+        c.apply(EntitlementUpdate {
+            seq: 7,
+            snapshot: snapshot("alice", "premium", 0),
+        })
+        .await;
+        c.apply(EntitlementUpdate {
+            seq: 5,
+            snapshot: snapshot("alice", "free", 0),
+        })
+        .await;
+        let now = OffsetDateTime::now_utc();
+        let got = c.get(&customer, now).await.unwrap();
+        assert_eq!(got.snapshot.plan.as_str(), "premium");
+        assert_eq!(got.snapshot.version, 7);
+        c.apply(EntitlementUpdate {
+            seq: 9,
+            snapshot: snapshot("alice", "enterprise", 0),
+        })
+        .await;
+        assert_eq!(
+            c.get(&customer, now).await.unwrap().snapshot.plan.as_str(),
+            "enterprise"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_control_plane_is_an_error_not_a_free_pass() {
+        let c = cache();
+        let customer = CustomerId::parse("bob").unwrap();
+        assert!(matches!(
+            c.get(&customer, OffsetDateTime::now_utc()).await,
+            Err(FillError::Unreachable(_))
+        ));
+    }
+}
