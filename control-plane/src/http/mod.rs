@@ -9,6 +9,7 @@ mod health;
 mod internal;
 mod plans;
 mod record;
+mod subscriptions;
 pub mod usage;
 
 use crate::entitlements::Publisher;
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .merge(export::router())
         .merge(checkout::router())
         .merge(account::router())
+        .merge(subscriptions::router())
         .merge(crate::webhooks::router())
         .fallback(|| async { error::ApiError::NotFound })
         .with_state(state)

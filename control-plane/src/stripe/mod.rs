@@ -220,3 +220,138 @@ impl StripeGateway {
         })
     }
 }
+
+/// The two proration lines Stripe invoices for an immediate price change, in cents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ProrationPreview {
+    pub unused_old_cents: i64,
+    pub remaining_new_cents: i64,
+    pub total_cents: i64,
+}
+
+impl StripeGateway {
+    /// What changing `item` of `subscription` to `price` at `proration_date` invoices now.
+    pub async fn preview_price_change(
+        &self,
+        subscription: &str,
+        item: &str,
+        price: &str,
+        proration_date: i64,
+    ) -> Result<ProrationPreview, GatewayError> {
+        use stripe_billing::invoice::{
+            CreatePreviewInvoice, CreatePreviewInvoiceSubscriptionDetails,
+            CreatePreviewInvoiceSubscriptionDetailsItems,
+            CreatePreviewInvoiceSubscriptionDetailsProrationBehavior,
+        };
+        let preview = CreatePreviewInvoice::new()
+            .subscription(subscription)
+            .subscription_details(CreatePreviewInvoiceSubscriptionDetails {
+                items: Some(vec![CreatePreviewInvoiceSubscriptionDetailsItems {
+                    id: Some(item.to_owned()),
+                    price: Some(price.to_owned()),
+                    ..CreatePreviewInvoiceSubscriptionDetailsItems::new()
+                }]),
+                proration_date: Some(proration_date),
+                proration_behavior: Some(
+                    CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::AlwaysInvoice,
+                ),
+                ..CreatePreviewInvoiceSubscriptionDetails::new()
+            })
+            .send(&self.client)
+            .await?;
+        let (mut unused, mut remaining) = (0, 0);
+        for line in &preview.lines.data {
+            if line.amount < 0 {
+                unused += line.amount;
+            } else {
+                remaining += line.amount;
+            }
+        }
+        Ok(ProrationPreview {
+            unused_old_cents: unused,
+            remaining_new_cents: remaining,
+            total_cents: preview.amount_due,
+        })
+    }
+
+    /// Changes `item` to `price` now, invoicing the proration at once; returns the id of
+    /// the invoice Stripe raised.
+    pub async fn change_price_now(
+        &self,
+        subscription: &str,
+        item: &str,
+        price: &str,
+        proration_date: i64,
+    ) -> Result<Option<String>, GatewayError> {
+        use stripe_billing::subscription::{
+            UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
+        };
+        let updated = UpdateSubscription::new(subscription)
+            .items(vec![UpdateSubscriptionItems {
+                id: Some(item.to_owned()),
+                price: Some(price.to_owned()),
+                ..UpdateSubscriptionItems::new()
+            }])
+            .proration_behavior(UpdateSubscriptionProrationBehavior::AlwaysInvoice)
+            .proration_date(proration_date)
+            .customize()
+            .request_strategy(idempotency(&[
+                "change_price",
+                subscription,
+                price,
+                &proration_date.to_string(),
+            ]))
+            .send(&self.client)
+            .await?;
+        Ok(updated
+            .latest_invoice
+            .and_then(|i| i.id().as_ref().map(|id| id.as_str().to_owned())))
+    }
+
+    /// Sets or clears cancellation at the period end.
+    pub async fn set_cancel_at_period_end(
+        &self,
+        subscription: &str,
+        cancel: bool,
+    ) -> Result<(), GatewayError> {
+        use stripe_billing::subscription::UpdateSubscription;
+        UpdateSubscription::new(subscription)
+            .cancel_at_period_end(cancel)
+            .send(&self.client)
+            .await?;
+        Ok(())
+    }
+
+    /// Cancels at once (access ends now; Stripe sends customer.subscription.deleted).
+    pub async fn cancel_now(&self, subscription: &str) -> Result<(), GatewayError> {
+        use stripe_billing::subscription::CancelSubscription;
+        CancelSubscription::new(subscription)
+            .customize()
+            .request_strategy(idempotency(&["cancel", subscription]))
+            .send(&self.client)
+            .await?;
+        Ok(())
+    }
+
+    /// The subscription's first item id and its period.
+    pub async fn subscription_item(
+        &self,
+        subscription: &str,
+    ) -> Result<(String, i64, i64, i64), GatewayError> {
+        use stripe_billing::subscription::RetrieveSubscription;
+        let sub = RetrieveSubscription::new(subscription)
+            .send(&self.client)
+            .await?;
+        let item = sub
+            .items
+            .data
+            .first()
+            .ok_or(GatewayError::Incomplete("subscription items"))?;
+        Ok((
+            item.id.as_str().to_owned(),
+            item.current_period_start,
+            item.current_period_end,
+            item.price.unit_amount.unwrap_or(0),
+        ))
+    }
+}

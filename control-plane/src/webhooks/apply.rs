@@ -157,6 +157,20 @@ fn invoice_subscription(invoice: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Re-fetches a subscription from Stripe and stores its state now (after a change made
+/// through the billing API, without waiting for the webhook); returns its customer.
+pub async fn sync_subscription_now(
+    state: &AppState,
+    subscription_id: &str,
+) -> anyhow::Result<Option<CustomerId>> {
+    let mut tx = state.pool.begin().await?;
+    let customer = sync_subscription(state, &mut tx, subscription_id)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    tx.commit().await?;
+    Ok(customer)
+}
+
 /// Stores Stripe's current state of a subscription (fetched now, not taken from the
 /// event, so an old event can never overwrite a newer state).
 async fn sync_subscription(
@@ -168,6 +182,9 @@ async fn sync_subscription(
         .stripe
         .as_ref()
         .ok_or(GatewayError::Incomplete("stripe settings"))?;
+    // When this view of Stripe was taken (ms): two concurrent syncs (a webhook and an API
+    // call) may finish in either order; the store keeps the one that fetched last.
+    let fetched_at = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let sub = RetrieveSubscription::new(subscription_id)
         .send(gateway.client())
         .await?;
@@ -229,8 +246,9 @@ async fn sync_subscription(
              current_period_start = EXCLUDED.current_period_start,
              current_period_end = EXCLUDED.current_period_end,
              cancel_at_period_end = EXCLUDED.cancel_at_period_end,
-             stripe_state_at = GREATEST(subscriptions.stripe_state_at, EXCLUDED.stripe_state_at),
-             updated_at = now()",
+             stripe_state_at = EXCLUDED.stripe_state_at,
+             updated_at = now()
+         WHERE subscriptions.stripe_state_at <= EXCLUDED.stripe_state_at",
         customer,
         subscription_id,
         stripe_customer,
@@ -239,7 +257,7 @@ async fn sync_subscription(
         period_start,
         period_end,
         sub.cancel_at_period_end,
-        OffsetDateTime::now_utc().unix_timestamp()
+        fetched_at
     )
     .execute(&mut **tx)
     .await?;

@@ -6,7 +6,7 @@
 mod apply;
 pub mod signature;
 
-pub use apply::run_worker;
+pub use apply::{run_worker, sync_subscription_now};
 
 use crate::http::AppState;
 use crate::http::error::ApiError;

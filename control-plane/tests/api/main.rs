@@ -7,5 +7,6 @@ mod health;
 mod helpers;
 mod internal;
 mod schema;
+mod subscriptions;
 mod usage;
 mod webhooks;

@@ -1,0 +1,167 @@
+//! Changing a subscription through the billing API, checked against the stand-in's
+//! invoices.
+
+use crate::helpers::spawn_app_with_stripe_webhooks;
+use serde_json::{Value, json};
+
+async fn subscribed(app: &crate::helpers::TestApp, customer: &str, plan: &str) -> String {
+    let r: Value = app
+        .post_json(
+            "/api/v1/billing/checkout",
+            customer,
+            &json!({"plan": plan, "billing_model": "fixed_fee",
+                    "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let session = r["id"].as_str().unwrap();
+    app.stripe_post(
+        &format!("/v1/test_helpers/checkout/sessions/{session}/complete"),
+        &[],
+    )
+    .await;
+    app.eventually(
+        "the subscription",
+        &format!(
+            "SELECT bool_or(status = 'active') FROM subscriptions WHERE customer_id = '{customer}'"
+        ),
+    )
+    .await;
+    app.stripe_get(&format!("/v1/checkout/sessions/{session}"))
+        .await["subscription"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn patch(app: &crate::helpers::TestApp, customer: &str, body: Value) -> reqwest::Response {
+    app.http
+        .patch(app.url("/api/v1/billing/subscriptions"))
+        .bearer_auth(app.customer_token(customer))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_upgrade_is_immediate_and_the_preview_equals_the_invoice_to_the_cent() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let sub = subscribed(&app, "up", "premium").await;
+    let r = patch(&app, "up", json!({"plan": "enterprise"})).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["plan"], "enterprise",
+        "the upgrade takes effect at once"
+    );
+    let invoice = app
+        .stripe_get(&format!(
+            "/v1/invoices/{}",
+            body["proration"]["invoice"].as_str().unwrap()
+        ))
+        .await;
+    let total = body["proration"]["total"]
+        .as_str()
+        .unwrap()
+        .replace('.', "");
+    assert_eq!(
+        invoice["amount_due"].as_i64().unwrap(),
+        total.parse::<i64>().unwrap()
+    );
+    assert_eq!(invoice["status"], "paid");
+    // Right after the change almost the whole period remains: about $599 - $199.
+    let t: f64 = 0.0 + total.parse::<i64>().unwrap() as f64;
+    assert!(t > 39_000.0 && t <= 40_000.0, "{t}");
+    let snapshot: Value = app
+        .http
+        .get(app.url("/internal/v1/entitlements/up"))
+        .bearer_auth(&app.service_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(snapshot["included_units"], 400);
+    let stripe_sub = app.stripe_get(&format!("/v1/subscriptions/{sub}")).await;
+    assert_eq!(
+        stripe_sub["items"]["data"][0]["price"]["lookup_key"],
+        "tollgate_enterprise_monthly"
+    );
+}
+
+#[tokio::test]
+async fn cancel_at_period_end_keeps_access_and_reactivation_undoes_it() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    subscribed(&app, "canc", "premium").await;
+    let r: Value = app
+        .http
+        .delete(app.url("/api/v1/billing/subscriptions"))
+        .bearer_auth(app.customer_token("canc"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r["status"], "active",
+        "access stays until the paid period ends"
+    );
+    assert_eq!(r["cancel_at_period_end"], true);
+    assert!(r["access_until"].is_string());
+    let back: Value = patch(&app, "canc", json!({"cancel_at_period_end": false}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(back["cancel_at_period_end"], false);
+    let now: Value = app
+        .http
+        .delete(app.url("/api/v1/billing/subscriptions?immediately=true"))
+        .bearer_auth(app.customer_token("canc"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(now["status"], "canceled");
+    let snapshot: Value = app
+        .http
+        .get(app.url("/internal/v1/entitlements/canc"))
+        .bearer_auth(&app.service_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        snapshot["plan"], "free",
+        "a canceled customer is back on Free"
+    );
+}
+
+#[tokio::test]
+async fn changes_without_a_subscription_or_downgrades_are_refused_clearly() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let none = patch(&app, "nosub", json!({"plan": "enterprise"})).await;
+    assert_eq!(none.status(), 409);
+    assert_eq!(
+        none.json::<Value>().await.unwrap()["code"],
+        "no_subscription"
+    );
+    subscribed(&app, "down", "enterprise").await;
+    let down = patch(&app, "down", json!({"plan": "premium"})).await;
+    assert_eq!(down.status(), 422);
+    assert_eq!(down.json::<Value>().await.unwrap()["field"], "plan");
+    let empty = patch(&app, "down", json!({})).await;
+    assert_eq!(empty.status(), 422);
+}
