@@ -350,15 +350,10 @@ const STARTUP: Duration = Duration::from_secs(30);
 
 impl Stack {
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(FailurePolicy::Deny).await
-    }
-
-    pub async fn start_with(policy: FailurePolicy) -> anyhow::Result<Self> {
         let ports = Ports::fresh();
         let dir = scratch_dir()?;
         let database = TestDatabase::create().await?;
         let key_prefix = format!("tg:test:{}:", uuid::Uuid::new_v4().simple());
-        let extra = format!("hard_limit_failure_policy = \"{}\"", policy.as_str());
         let config = write_config_named(
             &dir,
             "tollgate.toml",
@@ -366,7 +361,7 @@ impl Stack {
             &ports,
             &database.url,
             &key_prefix,
-            &extra,
+            "",
         )?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -534,6 +529,20 @@ impl Stack {
             .await?)
     }
 
+    /// Creates tickets until one answers `want` (a change is propagating), up to 2 s;
+    /// returns the last status seen.
+    pub async fn ticket_status_eventually(&self, token: &str, want: u16) -> anyhow::Result<u16> {
+        let mut status = 0;
+        for _ in 0..100 {
+            status = self.create_ticket(token).await?.status().as_u16();
+            if status == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(status)
+    }
+
     /// Asks the control plane to recompute and publish a customer's entitlement.
     pub async fn publish(&self, customer: &str) -> anyhow::Result<serde_json::Value> {
         let r = self
@@ -695,22 +704,6 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
 
 /// The token the test configuration gives the internal endpoints.
 pub const SERVICE_TOKEN: &str = "test-service-token";
-
-/// The proxy's hard-limit failure policy, for stacks that test it.
-#[derive(Debug, Clone, Copy)]
-pub enum FailurePolicy {
-    Deny,
-    Allow,
-}
-
-impl FailurePolicy {
-    fn as_str(self) -> &'static str {
-        match self {
-            FailurePolicy::Deny => "deny",
-            FailurePolicy::Allow => "allow",
-        }
-    }
-}
 
 /// A token signed with a secret this deployment does not know.
 pub fn foreign_token(customer: &str) -> anyhow::Result<String> {

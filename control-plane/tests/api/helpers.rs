@@ -237,3 +237,51 @@ impl TestApp {
         r.send().await.unwrap()
     }
 }
+
+impl TestApp {
+    /// The customer's entitlement snapshot, as a proxy would fetch it.
+    pub async fn snapshot(&self, customer: &str) -> serde_json::Value {
+        self.http
+            .get(self.url(&format!("/internal/v1/entitlements/{customer}")))
+            .bearer_auth(&self.service_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// GET `path` with `customer`'s token; the JSON body.
+    pub async fn get_as(&self, customer: &str, path: &str) -> serde_json::Value {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(self.customer_token(customer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /api/v1/billing/checkout` as `customer`; returns the session id.
+    pub async fn checkout(&self, customer: &str, body: &serde_json::Value) -> String {
+        let r: serde_json::Value = self
+            .post_json("/api/v1/billing/checkout", customer, body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        r["id"].as_str().expect("a checkout session id").to_owned()
+    }
+
+    /// Plays the customer paying for `session` on the stand-in.
+    pub async fn pay(&self, session: &str) {
+        self.stripe_post(
+            &format!("/v1/test_helpers/checkout/sessions/{session}/complete"),
+            &[],
+        )
+        .await;
+    }
+}

@@ -5,23 +5,14 @@ use crate::helpers::spawn_app_with_stripe_webhooks;
 use serde_json::{Value, json};
 
 async fn subscribed(app: &crate::helpers::TestApp, customer: &str, plan: &str) -> String {
-    let r: Value = app
-        .post_json(
-            "/api/v1/billing/checkout",
+    let session = app
+        .checkout(
             customer,
             &json!({"plan": plan, "billing_model": "fixed_fee",
                     "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let session = r["id"].as_str().unwrap();
-    app.stripe_post(
-        &format!("/v1/test_helpers/checkout/sessions/{session}/complete"),
-        &[],
-    )
-    .await;
+        .await;
+    app.pay(&session).await;
     app.eventually(
         "the subscription",
         &format!(
@@ -76,16 +67,7 @@ async fn an_upgrade_is_immediate_and_the_preview_equals_the_invoice_to_the_cent(
     // Right after the change almost the whole period remains: about $599 - $199.
     let t: f64 = 0.0 + total.parse::<i64>().unwrap() as f64;
     assert!(t > 39_000.0 && t <= 40_000.0, "{t}");
-    let snapshot: Value = app
-        .http
-        .get(app.url("/internal/v1/entitlements/up"))
-        .bearer_auth(&app.service_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let snapshot = app.snapshot("up").await;
     assert_eq!(snapshot["included_units"], 400);
     let stripe_sub = app.stripe_get(&format!("/v1/subscriptions/{sub}")).await;
     assert_eq!(
@@ -132,16 +114,7 @@ async fn cancel_at_period_end_keeps_access_and_reactivation_undoes_it() {
         .await
         .unwrap();
     assert_eq!(now["status"], "canceled");
-    let snapshot: Value = app
-        .http
-        .get(app.url("/internal/v1/entitlements/canc"))
-        .bearer_auth(&app.service_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let snapshot = app.snapshot("canc").await;
     assert_eq!(
         snapshot["plan"], "free",
         "a canceled customer is back on Free"

@@ -81,16 +81,7 @@ async fn credits_burn_down_first_from_the_grant_that_expires_first() {
     assert_eq!(used(&app, soon).await, Decimal::from_str("3.98").unwrap());
     assert_eq!(used(&app, late).await, Decimal::from_str("1.99").unwrap());
     assert_eq!(used(&app, never).await, Decimal::ZERO);
-    let usage: Value = app
-        .http
-        .get(app.url("/api/v1/billing/usage"))
-        .bearer_auth(app.customer_token("carol"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = app.get_as("carol", "/api/v1/billing/usage").await;
     assert_eq!(usage["credit_units_remaining"], 11);
     assert_eq!(usage["credit_balance"], "21.89");
 }
@@ -370,16 +361,7 @@ async fn export_holds_all_of_the_callers_billing_data_and_nothing_of_anyone_else
     grant(&app, "lea", "3.98", None).await;
     record(&app, &record_body("lea")).await;
     record(&app, &record_body("mo")).await;
-    let export: Value = app
-        .http
-        .get(app.url("/api/v1/billing/export"))
-        .bearer_auth(app.customer_token("lea"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let export = app.get_as("lea", "/api/v1/billing/export").await;
     let data = &export["data"];
     assert_eq!(data["customer"]["customer_id"], "lea");
     assert_eq!(data["subscriptions"].as_array().unwrap().len(), 1);
@@ -422,16 +404,7 @@ async fn credits_list_grants_with_what_is_left_of_each() {
     credit_subscription(&app, "vic").await;
     grant(&app, "vic", "3.98", Some(30)).await;
     record(&app, &record_body("vic")).await;
-    let credits: Value = app
-        .http
-        .get(app.url("/api/v1/billing/credits"))
-        .bearer_auth(app.customer_token("vic"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let credits = app.get_as("vic", "/api/v1/billing/credits").await;
     assert_eq!(credits["balance"], "1.99");
     assert_eq!(credits["units_remaining"], 1);
     assert_eq!(credits["grants"][0]["remaining_amount"], "1.99");

@@ -25,47 +25,24 @@ async fn stored_events(app: &crate::helpers::TestApp) -> i64 {
         .unwrap()
 }
 
-async fn checkout(app: &crate::helpers::TestApp, customer: &str, body: Value) -> String {
-    let r: Value = app
-        .post_json("/api/v1/billing/checkout", customer, &body)
-        .await
-        .json()
-        .await
-        .unwrap();
-    r["id"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn checkout_completed_makes_the_subscription_active_and_publishes_the_entitlement() {
     let app = spawn_app_with_stripe_webhooks().await;
     app.sync_catalog().await;
-    let session = checkout(
-        &app,
-        "wes",
-        json!({"plan": "premium", "billing_model": "fixed_fee",
+    let session = app
+        .checkout(
+            "wes",
+            &json!({"plan": "premium", "billing_model": "fixed_fee",
                "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
-    )
-    .await;
-    app.stripe_post(
-        &format!("/v1/test_helpers/checkout/sessions/{session}/complete"),
-        &[],
-    )
-    .await;
+        )
+        .await;
+    app.pay(&session).await;
     app.eventually(
         "the subscription to be stored active",
         "SELECT bool_or(status = 'active' AND plan_type = 'premium') FROM subscriptions WHERE customer_id = 'wes'",
     )
     .await;
-    let snapshot: Value = app
-        .http
-        .get(app.url("/internal/v1/entitlements/wes"))
-        .bearer_auth(&app.service_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let snapshot = app.snapshot("wes").await;
     assert_eq!(snapshot["plan"], "premium");
     assert_eq!(snapshot["overage_allowed"], true);
     assert_eq!(snapshot["included_units"], 100);
@@ -80,33 +57,20 @@ async fn checkout_completed_makes_the_subscription_active_and_publishes_the_enti
 async fn a_paid_credit_pack_becomes_a_grant_once_and_a_refund_revokes_what_is_left() {
     let app = spawn_app_with_stripe_webhooks().await;
     app.sync_catalog().await;
-    let session = checkout(
-        &app,
-        "xia",
-        json!({"plan": "premium", "billing_model": "credit_burndown", "credit_units": 100,
+    let session = app
+        .checkout(
+            "xia",
+            &json!({"plan": "premium", "billing_model": "credit_burndown", "credit_units": 100,
                "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
-    )
-    .await;
-    app.stripe_post(
-        &format!("/v1/test_helpers/checkout/sessions/{session}/complete"),
-        &[],
-    )
-    .await;
+        )
+        .await;
+    app.pay(&session).await;
     app.eventually(
         "the grant",
         "SELECT bool_or(credit_amount = 199.00) FROM billing_credits WHERE customer_id = 'xia'",
     )
     .await;
-    let snapshot: Value = app
-        .http
-        .get(app.url("/internal/v1/entitlements/xia"))
-        .bearer_auth(&app.service_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let snapshot = app.snapshot("xia").await;
     assert_eq!(snapshot["billing_model"], "credit_burndown");
     assert_eq!(snapshot["credit_units_purchased"], 100);
 
@@ -203,21 +167,17 @@ async fn an_event_persisted_before_a_crash_is_applied_after_restart() {
     // whichever replica runs next applies it.
     let app = spawn_app_with_stripe_webhooks().await;
     app.sync_catalog().await;
-    let session = checkout(
-        &app,
-        "yan",
-        json!({"plan": "enterprise", "billing_model": "fixed_fee",
+    let session = app
+        .checkout(
+            "yan",
+            &json!({"plan": "enterprise", "billing_model": "fixed_fee",
                "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
-    )
-    .await;
+        )
+        .await;
     // Pause deliveries: the app never hears of the payment...
     app.stripe_post("/v1/test_helpers/webhooks/config", &[("paused", "true")])
         .await;
-    app.stripe_post(
-        &format!("/v1/test_helpers/checkout/sessions/{session}/complete"),
-        &[],
-    )
-    .await;
+    app.pay(&session).await;
     let events = app
         .stripe_get("/v1/events?type=checkout.session.completed")
         .await;
@@ -250,18 +210,14 @@ async fn events_in_any_order_and_repeated_converge_to_stripes_state() {
         &[("duplicate", "true"), ("reorder", "true")],
     )
     .await;
-    let session = checkout(
-        &app,
-        "zoe",
-        json!({"plan": "premium", "billing_model": "fixed_fee",
+    let session = app
+        .checkout(
+            "zoe",
+            &json!({"plan": "premium", "billing_model": "fixed_fee",
                "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
-    )
-    .await;
-    app.stripe_post(
-        &format!("/v1/test_helpers/checkout/sessions/{session}/complete"),
-        &[],
-    )
-    .await;
+        )
+        .await;
+    app.pay(&session).await;
     let sub = app
         .stripe_get(&format!("/v1/checkout/sessions/{session}"))
         .await["subscription"]
