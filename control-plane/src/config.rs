@@ -52,10 +52,52 @@ pub struct ControlPlaneSettings {
     /// end of the period already paid for).
     #[serde(default = "default_grace_days")]
     pub payment_grace_days: u32,
+    /// How often Stripe's event list is compared with the webhook inbox, in seconds.
+    #[serde(default = "default_stripe_reconcile_interval")]
+    pub stripe_reconcile_interval_seconds: u64,
+    /// Outbound notifications to the ticket app (none when absent).
+    #[serde(default)]
+    pub notifications: Option<crate::notifications::NotificationSettings>,
+    /// The billing API's limits, CORS and timeouts.
+    #[serde(default)]
+    pub http: HttpSettings,
+}
+
+/// How the billing API protects itself and which browsers may call it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Browser origins allowed to call the billing API (CORS), e.g. the frontend's
+    /// `https://app.example.com`; none by default (no CORS headers).
+    pub cors_allowed_origins: Vec<String>,
+    /// Sustained billing-API requests per customer per minute (customer-token routes).
+    pub rate_limit_per_minute: u32,
+    /// Requests a customer may make at once above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Largest request body accepted, in bytes (usage batches included).
+    pub body_limit_bytes: usize,
+    /// A request still running after this many seconds is answered 408.
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            cors_allowed_origins: Vec::new(),
+            rate_limit_per_minute: 120,
+            rate_limit_burst: 30,
+            body_limit_bytes: 4 * 1024 * 1024,
+            request_timeout_seconds: 30,
+        }
+    }
 }
 
 fn default_grace_days() -> u32 {
     7
+}
+
+fn default_stripe_reconcile_interval() -> u64 {
+    300
 }
 
 fn default_retention_days() -> u32 {

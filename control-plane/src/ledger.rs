@@ -268,3 +268,20 @@ pub async fn exists(pool: &PgPool, event_id: uuid::Uuid) -> Result<bool, sqlx::E
     .fetch_one(pool)
     .await
 }
+
+/// The overage a fixed-fee snapshot has run up this period (zero for other models).
+pub fn overage_so_far(
+    catalog: &billing_model::Catalog,
+    snapshot: &billing_model::EntitlementSnapshot,
+) -> Money {
+    if !matches!(
+        snapshot.enforcement(),
+        billing_model::Enforcement::PaidOverage
+    ) {
+        return Money::ZERO;
+    }
+    catalog
+        .get(&snapshot.plan)
+        .and_then(|plan| billing_model::overage_amount(plan, snapshot.units_used).ok())
+        .unwrap_or(Money::ZERO)
+}

@@ -8,6 +8,8 @@ pub mod http;
 pub mod jobs;
 pub mod ledger;
 pub mod metrics;
+pub mod notifications;
+pub mod overage;
 pub mod startup;
 pub mod stripe;
 pub mod telemetry;

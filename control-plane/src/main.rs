@@ -27,6 +27,9 @@ enum Command {
     Migrate,
     /// Reconcile Redis usage counters with the ledger once, print the report and exit.
     ReconcileCounters,
+    /// Compare Stripe's recent events with the webhook inbox once, apply what was
+    /// missing, print how many and exit.
+    ReconcileStripe,
     /// Create or update the Stripe products and prices of config/plans.toml (idempotent).
     SyncCatalog,
     /// Print a bearer token for a customer (HS256 with the configured secret).
@@ -58,9 +61,32 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::ReconcileStripe => {
+            telemetry::init(&config.log);
+            let app = Application::build(one_off(config)).await?;
+            let state = app.state();
+            let repaired = tollgate_control_plane::jobs::with_lock(
+                &state.pool,
+                tollgate_control_plane::jobs::STRIPE_SYNC_LOCK,
+                || tollgate_control_plane::jobs::stripe_sync::run_once(state),
+            )
+            .await?;
+            let mut applied = 0;
+            while tollgate_control_plane::webhooks::apply_next(state).await? {
+                applied += 1;
+            }
+            match repaired {
+                Some(n) => println!(
+                    "{}",
+                    serde_json::json!({ "repaired": n, "applied": applied })
+                ),
+                None => println!("another replica is reconciling right now"),
+            }
+            Ok(())
+        }
         Command::ReconcileCounters => {
             telemetry::init(&config.log);
-            let app = Application::build(config).await?;
+            let app = Application::build(one_off(config)).await?;
             let state = app.state();
             let keys = state.publisher.entitlements().keys().clone();
             match tollgate_control_plane::jobs::counters::run_once(
@@ -102,4 +128,12 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A one-off command runs beside the service: its listeners take any free port.
+fn one_off(mut config: Config) -> Config {
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.control_plane.listen = any;
+    config.control_plane.metrics_listen = any;
+    config
 }

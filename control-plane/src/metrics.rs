@@ -23,6 +23,14 @@ pub struct Metrics {
     /// ignored, failed) and rejection reason.
     pub webhook_events: IntCounterVec,
     pub webhook_apply_seconds: Histogram,
+    /// Overage added to renewal invoices, in cents.
+    pub overage_billed_cents: IntCounter,
+    /// Stripe reconciliation: subscriptions or events repaired (missed webhooks).
+    pub stripe_reconcile_repairs: IntCounter,
+    /// Payment failures and recoveries seen in webhooks.
+    pub payments: IntCounterVec,
+    /// Outbound notification attempts by outcome (delivered, failed).
+    pub notifications: IntCounterVec,
 }
 
 impl Metrics {
@@ -75,7 +83,37 @@ impl Metrics {
             ]),
         )?;
         registry.register(Box::new(webhook_apply_seconds.clone()))?;
+        let overage_billed_cents = IntCounter::with_opts(Opts::new(
+            "overage_billed_cents_total",
+            "Overage added to renewal invoices, in cents",
+        ))?;
+        registry.register(Box::new(overage_billed_cents.clone()))?;
+        let stripe_reconcile_repairs = IntCounter::with_opts(Opts::new(
+            "stripe_reconcile_repairs_total",
+            "Stripe events found by reconciliation that webhooks had not delivered",
+        ))?;
+        registry.register(Box::new(stripe_reconcile_repairs.clone()))?;
+        let payments = IntCounterVec::new(
+            Opts::new(
+                "payments_total",
+                "Invoice payment outcomes seen in webhooks (failed, recovered)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(payments.clone()))?;
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "notifications_total",
+                "Outbound notification delivery attempts by outcome",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(notifications.clone()))?;
         Ok(Self {
+            notifications,
+            overage_billed_cents,
+            stripe_reconcile_repairs,
+            payments,
             registry,
             http_requests,
             usage_events_ingested,

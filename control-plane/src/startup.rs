@@ -20,6 +20,8 @@ pub struct Application {
     state: AppState,
     counter_reconcile_interval: u64,
     retention_days: u32,
+    http: crate::config::HttpSettings,
+    stripe_reconcile_interval: u64,
 }
 
 impl Application {
@@ -87,6 +89,8 @@ impl Application {
             metrics,
             publisher: Publisher::new(entitlements),
             service_token: config.internal.service_token.clone(),
+            rate_limit: crate::http::rate_limit(&config.control_plane.http),
+            notifications: config.control_plane.notifications.clone().map(Arc::new),
             counters: billing_model::counters::Counters::new(
                 redis_for_counters,
                 std::time::Duration::from_secs(120),
@@ -98,6 +102,8 @@ impl Application {
             state,
             counter_reconcile_interval: config.control_plane.counter_reconcile_interval_seconds,
             retention_days: config.control_plane.usage_retention_days,
+            http: config.control_plane.http.clone(),
+            stripe_reconcile_interval: config.control_plane.stripe_reconcile_interval_seconds,
         })
     }
 
@@ -141,6 +147,46 @@ impl Application {
         tokio::spawn(crate::webhooks::run_worker(
             self.state.clone(),
             stop.clone(),
+        ));
+        tokio::spawn(crate::notifications::run_delivery(
+            self.state.clone(),
+            stop.clone(),
+        ));
+        let state = self.state.clone();
+        tokio::spawn(crate::jobs::every(
+            std::time::Duration::from_secs(self.stripe_reconcile_interval.max(1)),
+            stop.clone(),
+            move || {
+                let state = state.clone();
+                async move {
+                    let pool = state.pool.clone();
+                    let run = crate::jobs::with_lock(&pool, crate::jobs::STRIPE_SYNC_LOCK, || {
+                        crate::jobs::stripe_sync::run_once(&state)
+                    })
+                    .await;
+                    if let Err(e) = run {
+                        tracing::warn!(error = %e, "stripe reconciliation failed");
+                    }
+                }
+            },
+        ));
+        let state = self.state.clone();
+        tokio::spawn(crate::jobs::every(
+            std::time::Duration::from_secs(30),
+            stop.clone(),
+            move || {
+                let state = state.clone();
+                async move {
+                    let pool = state.pool.clone();
+                    let run = crate::jobs::with_lock(&pool, crate::jobs::DUNNING_LOCK, || {
+                        crate::jobs::dunning::run_once(&state)
+                    })
+                    .await;
+                    if let Err(e) = run {
+                        tracing::warn!(error = %e, "grace expiry publishing failed");
+                    }
+                }
+            },
         ));
         let pool = self.state.pool.clone();
         let days = i32::try_from(self.retention_days).unwrap_or(i32::MAX);
@@ -187,8 +233,20 @@ impl Application {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
+        let limiter = self.state.rate_limit.clone();
+        tokio::spawn(crate::jobs::every(
+            std::time::Duration::from_secs(60),
+            stop_rx.clone(),
+            move || {
+                let limiter = limiter.clone();
+                async move {
+                    limiter.retain_recent();
+                    limiter.shrink_to_fit();
+                }
+            },
+        ));
         let mut api_stop = stop_rx;
-        axum::serve(self.api, router(self.state))
+        axum::serve(self.api, router(self.state, &self.http))
             .with_graceful_shutdown(async move {
                 let _ = api_stop.wait_for(|stop| *stop).await;
             })

@@ -43,6 +43,8 @@ struct SubscriptionRow {
     current_period_start: Option<OffsetDateTime>,
     current_period_end: Option<OffsetDateTime>,
     grace_until: Option<OffsetDateTime>,
+    /// A downgrade that takes effect when the current period ends.
+    pending_plan_type: Option<String>,
 }
 
 impl Entitlements {
@@ -102,10 +104,10 @@ impl Entitlements {
         let subscription = sqlx::query_as!(
             SubscriptionRow,
             r#"SELECT plan_type, billing_model, status, current_period_start,
-                      current_period_end, grace_until
+                      current_period_end, grace_until, pending_plan_type
                FROM subscriptions
                WHERE customer_id = $1 AND status NOT IN ('incomplete', 'incomplete_expired')
-               ORDER BY created_at DESC
+               ORDER BY status = 'canceled', created_at DESC
                LIMIT 1"#,
             customer.as_str()
         )
@@ -155,7 +157,13 @@ impl Entitlements {
         row: &SubscriptionRow,
         now: OffsetDateTime,
     ) -> Option<EntitlementSnapshot> {
-        let plan = PlanId::parse(&row.plan_type)
+        let (start, end) = (row.current_period_start?, row.current_period_end?);
+        // A pending downgrade applies from the period end, even before its webhook.
+        let plan_type = match &row.pending_plan_type {
+            Some(pending) if now >= end => pending,
+            _ => &row.plan_type,
+        };
+        let plan = PlanId::parse(plan_type)
             .ok()
             .and_then(|id| self.catalog.get(&id))?;
         let model = BillingModel::from_name(&row.billing_model)?;
@@ -166,7 +174,6 @@ impl Entitlements {
             "past_due" | "unpaid" | "paused" => AccessStatus::Lapsed,
             _ => return None,
         };
-        let (start, end) = (row.current_period_start?, row.current_period_end?);
         // A period that has ended while its renewal webhook is still on the way: the
         // next anniversary period has begun all the same.
         let period = if now >= end {

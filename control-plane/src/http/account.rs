@@ -3,21 +3,23 @@
 use super::AppState;
 use super::error::ApiError;
 use super::extract::AuthenticatedCustomer;
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
-use billing_model::{Enforcement, Money};
+use billing_model::{CustomerId, Enforcement, Money};
 use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/billing/entitlements", get(entitlements))
-        .route("/api/v1/billing/credits", get(credits))
-        .route("/api/v1/billing/subscriptions", get(subscription))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(entitlements))
+        .routes(routes!(credits))
+        .routes(routes!(subscription))
 }
 
+#[utoipa::path(get, path = "/api/v1/billing/entitlements", tag = "account", security(("customer_jwt" = [])), responses((status = 200, description = "what the frontend renders: chat_enabled, remaining, upgrade suggestion")))]
 async fn entitlements(
     AuthenticatedCustomer(customer): AuthenticatedCustomer,
     State(state): State<AppState>,
@@ -69,6 +71,7 @@ struct GrantView {
     closed_reason: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/billing/credits", tag = "credits", security(("customer_jwt" = [])), responses((status = 200, description = "balance and grants with expiry")))]
 async fn credits(
     AuthenticatedCustomer(customer): AuthenticatedCustomer,
     State(state): State<AppState>,
@@ -104,27 +107,35 @@ async fn credits(
     })))
 }
 
+#[utoipa::path(get, path = "/api/v1/billing/subscriptions", tag = "subscriptions", security(("customer_jwt" = [])), responses((status = 200, description = "plan, model, status, period, cancel_at_period_end, next invoice estimate")))]
 async fn subscription(
     AuthenticatedCustomer(customer): AuthenticatedCustomer,
     State(state): State<AppState>,
 ) -> Result<Json<Value>, ApiError> {
+    Ok(Json(subscription_view(&state, &customer).await?))
+}
+
+/// Plan, model, status, period, cancellation, pending downgrade, grace, and the next
+/// invoice as Stripe estimates it plus the overage so far.
+pub async fn subscription_view(state: &AppState, customer: &CustomerId) -> Result<Value, ApiError> {
     let row = sqlx::query!(
         r#"SELECT plan_type, billing_model, status, current_period_start, current_period_end,
-                  cancel_at_period_end, pending_plan_type, grace_until
+                  cancel_at_period_end, pending_plan_type, grace_until, stripe_subscription_id
            FROM subscriptions WHERE customer_id = $1
-           ORDER BY created_at DESC LIMIT 1"#,
+           ORDER BY status = 'canceled', created_at DESC LIMIT 1"#,
         customer.as_str()
     )
     .fetch_optional(&state.pool)
     .await?;
-    let snapshot = state.publisher.entitlements().snapshot(&customer).await?;
+    let snapshot = state.publisher.entitlements().snapshot(customer).await?;
     let rfc = |t: Option<OffsetDateTime>| {
         t.and_then(|t| {
             t.format(&time::format_description::well_known::Rfc3339)
                 .ok()
         })
     };
-    Ok(Json(match row {
+    let overage = crate::ledger::overage_so_far(&state.catalog, &snapshot);
+    Ok(match row {
         None => json!({
             "plan": snapshot.plan.to_string(),
             "billing_model": snapshot.billing_model,
@@ -132,18 +143,47 @@ async fn subscription(
             "current_period_start": rfc(Some(snapshot.period_start)),
             "current_period_end": rfc(Some(snapshot.period_end)),
             "cancel_at_period_end": false,
+            "pending_plan": null,
+            "grace_until": null,
             "stripe_subscription": false,
+            "next_invoice": null,
         }),
-        Some(r) => json!({
-            "plan": r.plan_type,
-            "billing_model": r.billing_model,
-            "status": r.status,
-            "current_period_start": rfc(r.current_period_start),
-            "current_period_end": rfc(r.current_period_end),
-            "cancel_at_period_end": r.cancel_at_period_end,
-            "pending_plan": r.pending_plan_type,
-            "grace_until": rfc(r.grace_until),
-            "stripe_subscription": true,
-        }),
-    }))
+        Some(r) => {
+            let next_invoice = match (&r.stripe_subscription_id, &state.stripe) {
+                (Some(sub), Some(gateway))
+                    if !r.cancel_at_period_end
+                        && matches!(r.status.as_str(), "active" | "trialing" | "past_due") =>
+                {
+                    match gateway.upcoming_invoice(sub).await {
+                        Ok((cents, at)) => {
+                            let base = Money::from_cents(cents);
+                            json!({
+                                "subscription_amount": base,
+                                "overage_so_far": overage,
+                                "estimated_total": base.checked_add(overage).unwrap_or(base),
+                                "at": rfc(OffsetDateTime::from_unix_timestamp(at).ok()),
+                            })
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "next invoice estimate unavailable");
+                            Value::Null
+                        }
+                    }
+                }
+                _ => Value::Null,
+            };
+            json!({
+                "plan": r.plan_type,
+                "billing_model": r.billing_model,
+                "status": r.status,
+                "current_period_start": rfc(r.current_period_start),
+                "current_period_end": rfc(r.current_period_end),
+                "cancel_at_period_end": r.cancel_at_period_end,
+                "pending_plan": r.pending_plan_type,
+                "grace_until": rfc(r.grace_until),
+                "stripe_subscription": r.stripe_subscription_id.is_some(),
+                "next_invoice": next_invoice,
+            })
+        }
+    })
 }

@@ -5,25 +5,28 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, AuthenticatedCustomer};
 use crate::stripe::{HostedSession, Purchase, StripeGateway, lookup_key};
+use axum::Json;
 use axum::extract::{Query, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use billing_model::{BillingModel, CustomerId, Plan, PlanId};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/billing/checkout", post(checkout))
-        .route("/api/v1/billing/credits/purchase", post(purchase_credits))
-        .route("/api/v1/billing/portal", get(portal))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(checkout))
+        .routes(routes!(purchase_credits))
+        .routes(routes!(portal))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
     pub plan: String,
+    /// `fixed_fee` or `credit_burndown`.
+    #[schema(value_type = String)]
     pub billing_model: BillingModel,
     pub success_url: String,
     pub cancel_url: String,
@@ -31,7 +34,7 @@ pub struct CheckoutRequest {
     pub credit_units: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreditPurchase {
     /// Credits (tickets) to buy: one of the plan's packs.
@@ -42,7 +45,7 @@ pub struct CreditPurchase {
     pub plan: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct PortalQuery {
     pub return_url: String,
 }
@@ -115,6 +118,7 @@ pub async fn stripe_customer(
     Ok(stored)
 }
 
+#[utoipa::path(post, path = "/api/v1/billing/checkout", tag = "checkout", request_body = CheckoutRequest, security(("customer_jwt" = [])), responses((status = 200, description = "hosted Checkout Session url"), (status = 422, description = "validation_failed")))]
 async fn checkout(
     AuthenticatedCustomer(customer): AuthenticatedCustomer,
     State(state): State<AppState>,
@@ -144,6 +148,12 @@ async fn checkout(
     ]);
     let session = match request.billing_model {
         BillingModel::FixedFee => {
+            if on_fixed_fee(&state, &customer).await? {
+                return Err(ApiError::Conflict {
+                    code: "already_subscribed",
+                    message: "change the existing subscription with PATCH /subscriptions".into(),
+                });
+            }
             let price = gateway
                 .price(&lookup_key(plan.id().as_str(), "monthly"))
                 .await?;
@@ -186,6 +196,18 @@ async fn checkout(
     Ok(Json(session))
 }
 
+/// Whether the customer pays a fixed fee through a live Stripe subscription.
+async fn on_fixed_fee(state: &AppState, customer: &CustomerId) -> Result<bool, ApiError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM subscriptions
+               WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
+                 AND status IN ('active', 'trialing', 'past_due')) AS "live!""#,
+        customer.as_str()
+    )
+    .fetch_one(&state.pool)
+    .await?)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn credits_session(
     state: &AppState,
@@ -206,6 +228,12 @@ async fn credits_session(
                 plan.credit_pack_units()
             ),
         ));
+    }
+    if on_fixed_fee(state, customer).await? {
+        return Err(ApiError::Conflict {
+            code: "billing_model_switch_required",
+            message: "credits are for the credit-burndown model: switch with PATCH /subscriptions {\"billing_model\": \"credit_burndown\"} first".into(),
+        });
     }
     let price = gateway
         .price(&lookup_key(plan.id().as_str(), "credit"))
@@ -238,6 +266,7 @@ async fn credits_session(
         .await?)
 }
 
+#[utoipa::path(post, path = "/api/v1/billing/credits/purchase", tag = "credits", request_body = CreditPurchase, security(("customer_jwt" = [])), responses((status = 200, description = "hosted Checkout Session url for a credit pack"), (status = 409, description = "billing_model_switch_required")))]
 async fn purchase_credits(
     AuthenticatedCustomer(customer): AuthenticatedCustomer,
     State(state): State<AppState>,
@@ -281,6 +310,7 @@ async fn purchase_credits(
     Ok(Json(session))
 }
 
+#[utoipa::path(get, path = "/api/v1/billing/portal", tag = "checkout", params(PortalQuery), security(("customer_jwt" = [])), responses((status = 200, description = "Customer Portal url"), (status = 409, description = "no_billing_account")))]
 async fn portal(
     AuthenticatedCustomer(customer): AuthenticatedCustomer,
     State(state): State<AppState>,

@@ -30,6 +30,12 @@ pub enum ApiError {
     /// Stripe refused or failed.
     #[error(transparent)]
     Stripe(#[from] crate::stripe::GatewayError),
+    /// The request body is over the configured limit.
+    #[error("the request body is too large")]
+    TooLarge,
+    /// Too many billing requests from one customer; retry after this many seconds.
+    #[error("too many requests: retry after {0} s")]
+    RateLimited(u64),
     /// Redis is unreachable: limits cannot be checked, so nothing is consumed.
     #[error("usage limits cannot be checked right now")]
     LimitsUnavailable,
@@ -93,7 +99,14 @@ impl ApiError {
             ApiError::Stripe(crate::stripe::GatewayError::MissingPrice(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "catalog_not_synced")
             }
+            // A declined card is the customer's problem to fix, not a gateway failure.
+            ApiError::Stripe(crate::stripe::GatewayError::Stripe(stripe::StripeError::Stripe(
+                _,
+                402,
+            ))) => (StatusCode::PAYMENT_REQUIRED, "payment_failed"),
             ApiError::Stripe(_) => (StatusCode::BAD_GATEWAY, "stripe_error"),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Database(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }
@@ -126,6 +139,17 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = ?e, "internal error");
                 (None, None)
             }
+            ApiError::Stripe(crate::stripe::GatewayError::Stripe(stripe::StripeError::Stripe(
+                e,
+                402,
+            ))) => (
+                Some(
+                    e.message
+                        .clone()
+                        .unwrap_or_else(|| "the payment was declined".into()),
+                ),
+                None,
+            ),
             ApiError::Stripe(e) => {
                 tracing::error!(error = %e, "stripe call failed");
                 (Some(e.to_string()), None)
@@ -147,6 +171,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::RateLimited(seconds) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
         response
     }
 }

@@ -5,15 +5,17 @@
 use super::AppState;
 use super::error::ApiError;
 use super::extract::AuthenticatedCustomer;
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/billing/export", get(export))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(export))
 }
 
+#[utoipa::path(get, path = "/api/v1/billing/export", tag = "privacy", security(("customer_jwt" = [])), responses((status = 200, description = "all of the customer's billing data")))]
 async fn export(
     AuthenticatedCustomer(customer): AuthenticatedCustomer,
     State(state): State<AppState>,

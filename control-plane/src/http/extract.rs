@@ -20,6 +20,9 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::TooLarge)
+            }
             Err(rejection) => Err(ApiError::Validation {
                 field: "body".to_owned(),
                 message: rejection.body_text(),
@@ -82,11 +85,18 @@ impl FromRequestParts<super::AppState> for AuthenticatedCustomer {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthorized("bearer token required"))?;
-        state
+        let customer = state
             .identity
             .verify(token.trim())
-            .map(AuthenticatedCustomer)
-            .map_err(|_| ApiError::Unauthorized("invalid or expired token"))
+            .map_err(|_| ApiError::Unauthorized("invalid or expired token"))?;
+        // Only verified customers spend budget, so a stranger cannot exhaust another's.
+        if let Err(not_until) = state.rate_limit.check_key(&customer.to_string()) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            return Err(ApiError::RateLimited(wait.as_secs() + 1));
+        }
+        Ok(AuthenticatedCustomer(customer))
     }
 }
 

@@ -5,19 +5,17 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ServiceCaller};
 use crate::entitlements::EntitlementError;
 use crate::ledger::{self, IngestOutcome};
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use billing_model::{CustomerId, EntitlementSnapshot, UsageBatch};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/internal/v1/entitlements/{customer}", get(snapshot))
-        .route(
-            "/internal/v1/entitlements/{customer}/publish",
-            post(publish),
-        )
-        .route("/internal/v1/usage/batch", post(ingest))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(snapshot))
+        .routes(routes!(publish))
+        .routes(routes!(ingest))
 }
 
 fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
@@ -37,6 +35,7 @@ impl From<EntitlementError> for ApiError {
 }
 
 /// A proxy's cache miss: the customer's entitlement now.
+#[utoipa::path(get, path = "/internal/v1/entitlements/{customer}", tag = "internal", params(("customer" = String, Path, description = "the ticket API's user id")), security(("service_token" = [])), responses((status = 200, description = "entitlement snapshot")))]
 async fn snapshot(
     _caller: ServiceCaller,
     State(state): State<AppState>,
@@ -49,6 +48,7 @@ async fn snapshot(
 }
 
 /// Recompute and push a customer's entitlement to every proxy (operations, repairs).
+#[utoipa::path(post, path = "/internal/v1/entitlements/{customer}/publish", tag = "internal", params(("customer" = String, Path, description = "the ticket API's user id")), security(("service_token" = [])), responses((status = 200, description = "published update")))]
 async fn publish(
     _caller: ServiceCaller,
     State(state): State<AppState>,
@@ -60,6 +60,7 @@ async fn publish(
 
 /// The proxies' usage shipping: idempotent on event id, one statement per batch. A
 /// batch that does not parse is refused whole, so nothing partial is stored.
+#[utoipa::path(post, path = "/internal/v1/usage/batch", tag = "internal", security(("service_token" = [])), responses((status = 200, description = "stored and duplicate counts"), (status = 422, description = "validation_failed: nothing stored")))]
 async fn ingest(
     _caller: ServiceCaller,
     State(state): State<AppState>,
@@ -82,6 +83,17 @@ async fn ingest(
         if let Err(e) = state.publisher.publish(customer).await {
             tracing::warn!(error = %e, customer = %customer, "publishing the new credit balance failed");
         }
+    }
+    // Thresholds are checked off the response path.
+    if state.notifications.is_some() {
+        let mut customers: Vec<CustomerId> =
+            batch.events.iter().map(|e| e.customer_id.clone()).collect();
+        customers.sort();
+        customers.dedup();
+        let state = state.clone();
+        tokio::spawn(async move {
+            crate::notifications::check_usage(&state, &customers).await;
+        });
     }
     Ok(Json(outcome))
 }

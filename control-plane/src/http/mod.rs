@@ -12,13 +12,18 @@ mod record;
 mod subscriptions;
 pub mod usage;
 
+use crate::config::HttpSettings;
 use crate::entitlements::Publisher;
 use crate::metrics::Metrics;
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use billing_model::Catalog;
 use billing_model::identity::IdentityVerifier;
 use sqlx::PgPool;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
 
 /// Cloned into every handler.
 #[derive(Clone)]
@@ -35,10 +40,69 @@ pub struct AppState {
     pub stripe: Option<Arc<crate::stripe::StripeGateway>>,
     /// Stripe webhook verification and the inbox worker's wake-up, when configured.
     pub webhooks: Option<Arc<crate::webhooks::WebhookSettings>>,
+    /// Per-customer request budget of the billing API.
+    pub rate_limit: Arc<RateLimit>,
+    /// Outbound notifications to the ticket app, when configured.
+    pub notifications: Option<Arc<crate::notifications::NotificationSettings>>,
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// Per-customer rate limiting (GCRA, in memory per replica).
+pub type RateLimit = governor::DefaultKeyedRateLimiter<String>;
+
+/// A limiter allowing `per_minute` sustained and `burst` at once.
+pub fn rate_limit(settings: &HttpSettings) -> Arc<RateLimit> {
+    let per_minute =
+        NonZeroU32::new(settings.rate_limit_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(settings.rate_limit_burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    Arc::new(governor::RateLimiter::keyed(
+        governor::Quota::per_minute(per_minute).allow_burst(burst),
+    ))
+}
+
+/// The OpenAPI document's frame; the paths come from the routers themselves, so a route
+/// cannot exist without being documented.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "tollgate control plane", description = "Billing API, internal endpoints and Stripe webhooks."),
+    modifiers(&SecuritySchemes)
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "customer_jwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "the token the proxy verifies; the customer is its subject",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "service_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "internal.service_token: proxies and the ticket backend",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route with its documentation.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .merge(health::router())
         .merge(plans::router())
         .merge(internal::router())
@@ -49,6 +113,38 @@ pub fn router(state: AppState) -> Router {
         .merge(account::router())
         .merge(subscriptions::router())
         .merge(crate::webhooks::router())
+        .routes(utoipa_axum::routes!(openapi_json))
+        .split_for_parts()
+}
+
+/// This document (OpenAPI 3.1).
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "the OpenAPI 3.1 document")))]
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(api().1)
+}
+
+pub fn router(state: AppState, settings: &HttpSettings) -> Router {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<HeaderValue> = settings
+        .cors_allowed_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(std::time::Duration::from_secs(600));
+    let (routes, _) = api();
+    routes
         .fallback(|| async { error::ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            std::time::Duration::from_secs(settings.request_timeout_seconds.max(1)),
+        ))
+        .layer(cors)
         .with_state(state)
 }

@@ -1,14 +1,15 @@
 //! `GET /api/v1/billing/plans`: the public catalog.
 
 use super::AppState;
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use billing_model::{BillingModel, Money, Plan};
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/billing/plans", get(list))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
 #[derive(Debug, Serialize)]
@@ -39,6 +40,7 @@ impl From<&Plan> for PlanView {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/billing/plans", tag = "plans", responses((status = 200, description = "the catalog: prices, included tickets, overage rates, models")))]
 async fn list(State(state): State<AppState>) -> Json<Vec<PlanView>> {
     Json(state.catalog.iter().map(PlanView::from).collect())
 }

@@ -6,19 +6,20 @@
 use super::AppState;
 use super::error::{ApiError, Refusal};
 use super::extract::{ApiJson, ServiceCaller};
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
 use billing_model::counters::CounterRef;
 use billing_model::{Counter, CustomerId, Enforcement, RefusalCode, UsageEvent, UsageType};
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroU32;
 use std::time::Duration;
 use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/billing/usage/record", post(record))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(record))
 }
 
 #[derive(Debug, Deserialize)]
@@ -48,6 +49,7 @@ pub struct Recorded {
 
 const BUDGET: Duration = Duration::from_secs(1);
 
+#[utoipa::path(post, path = "/api/v1/billing/usage/record", tag = "usage", security(("service_token" = [])), responses((status = 200, description = "recorded (or a duplicate)"), (status = 402, description = "credits_exhausted"), (status = 429, description = "usage_limit_reached")))]
 async fn record(
     _caller: ServiceCaller,
     State(state): State<AppState>,
@@ -154,6 +156,12 @@ async fn record(
     }
     for customer in &outcome.credit_customers {
         let _ = state.publisher.publish(customer).await;
+    }
+    if state.notifications.is_some() {
+        let state = state.clone();
+        tokio::spawn(async move {
+            crate::notifications::check_usage(&state, std::slice::from_ref(&customer)).await;
+        });
     }
     Ok((
         StatusCode::CREATED,

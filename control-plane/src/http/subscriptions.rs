@@ -1,36 +1,53 @@
-//! Changing the subscription: upgrade (immediate, prorated, invoiced now), cancel at the
-//! period end or at once, and reactivate.
+//! Subscribing and changing the subscription: direct subscribe (when Stripe already has
+//! a default payment method), upgrade (immediate, prorated, invoiced now), downgrade (at
+//! the period end), billing-model switch (unused credits expire), cancel and reactivate.
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, AuthenticatedCustomer};
-use crate::stripe::{ProrationPreview, lookup_key};
+use crate::stripe::{ProrationPreview, StripeGateway, lookup_key};
+use axum::Json;
 use axum::extract::{Query, State};
-use axum::routing::patch;
-use axum::{Json, Router};
-use billing_model::{BillingPeriod, Money, PlanId, prorate_change};
+use axum::http::StatusCode;
+use billing_model::{BillingModel, BillingPeriod, CustomerId, Money, Plan, PlanId, prorate_change};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route(
-        "/api/v1/billing/subscriptions",
-        patch(change).delete(cancel),
-    )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(subscribe, change, cancel))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Subscribe {
+    pub plan: String,
+    /// `fixed_fee` (default) or `credit_burndown`.
+    #[schema(value_type = Option<String>)]
+    pub billing_model: Option<BillingModel>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Change {
-    /// A plan with a higher fee: an immediate, prorated upgrade.
+    /// A plan with a higher fee upgrades now (prorated, invoiced at once); a lower fee
+    /// downgrades at the period end; `free` cancels at the period end.
     pub plan: Option<String>,
+    /// Switches the billing model; unused credits expire (kept with the reason).
+    #[schema(value_type = Option<String>)]
+    pub billing_model: Option<BillingModel>,
     /// `false` reactivates a subscription set to cancel at the period end.
     pub cancel_at_period_end: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct CancelQuery {
+    /// End now instead of at the period end.
     #[serde(default)]
     pub immediately: bool,
 }
@@ -42,15 +59,35 @@ fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     }
 }
 
+fn gateway(state: &AppState) -> Result<Arc<StripeGateway>, ApiError> {
+    state.stripe.clone().ok_or(ApiError::BillingUnavailable)
+}
+
+fn plan<'a>(state: &'a AppState, field: &str, id: &str) -> Result<&'a Plan, ApiError> {
+    PlanId::parse(id)
+        .ok()
+        .and_then(|id| state.catalog.get(&id))
+        .ok_or_else(|| invalid(field, format!("unknown plan {id:?}")))
+}
+
+fn is_free(state: &AppState, plan: &Plan) -> bool {
+    plan.id() == state.catalog.free_plan().id()
+}
+
+/// The customer's live Stripe subscription, as stored.
 struct Current {
     stripe_subscription_id: String,
     plan_type: String,
+    pending_plan_type: Option<String>,
+    /// When the stored Stripe state was fetched (ms): the version a change is based on.
+    stripe_state_at: i64,
 }
 
-async fn current(state: &AppState, customer: &str) -> Result<Current, ApiError> {
-    sqlx::query_as!(
+async fn current_fixed(state: &AppState, customer: &str) -> Result<Option<Current>, ApiError> {
+    Ok(sqlx::query_as!(
         Current,
-        r#"SELECT stripe_subscription_id AS "stripe_subscription_id!", plan_type
+        r#"SELECT stripe_subscription_id AS "stripe_subscription_id!", plan_type,
+                  pending_plan_type, stripe_state_at
            FROM subscriptions
            WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
              AND status IN ('active', 'trialing', 'past_due')
@@ -58,136 +95,417 @@ async fn current(state: &AppState, customer: &str) -> Result<Current, ApiError> 
         customer
     )
     .fetch_optional(&state.pool)
-    .await?
-    .ok_or(ApiError::Conflict {
-        code: "no_subscription",
-        message: "there is no paid subscription to change: use checkout".into(),
-    })
+    .await?)
 }
 
+fn no_subscription() -> ApiError {
+    ApiError::Conflict {
+        code: "no_subscription",
+        message: "there is no paid subscription to change: subscribe or use checkout".into(),
+    }
+}
+
+/// Subscribe directly: for a customer whose Stripe account already holds a default
+/// payment method (otherwise 409 `payment_method_required`: send them to checkout).
+#[utoipa::path(post, path = "/api/v1/billing/subscriptions", tag = "subscriptions",
+    request_body = Subscribe, security(("customer_jwt" = [])),
+    responses((status = 201, description = "subscribed"), (status = 200, description = "already on that plan (free)"),
+              (status = 409, description = "payment_method_required | already_subscribed | billing_model_switch_required")))]
+async fn subscribe(
+    AuthenticatedCustomer(customer): AuthenticatedCustomer,
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<Subscribe>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let target = plan(&state, "plan", &request.plan)?;
+    let model = request.billing_model.unwrap_or(BillingModel::FixedFee);
+    let current = current_fixed(&state, customer.as_str()).await?;
+    if is_free(&state, target) {
+        if current.is_some() {
+            return Err(ApiError::Conflict {
+                code: "use_cancel",
+                message: "leave the paid plan with DELETE /subscriptions".into(),
+            });
+        }
+        // Free needs no Stripe subscription: every customer is on it by default.
+        return Ok((StatusCode::OK, Json(view(&state, &customer).await?)));
+    }
+    if !target.supports(model) {
+        return Err(invalid(
+            "billing_model",
+            format!(
+                "the {} plan is not offered as {}",
+                target.id(),
+                model.as_str()
+            ),
+        ));
+    }
+    if current.is_some() {
+        return Err(match model {
+            BillingModel::FixedFee => ApiError::Conflict {
+                code: "already_subscribed",
+                message: "change the existing subscription with PATCH /subscriptions".into(),
+            },
+            BillingModel::CreditBurndown => ApiError::Conflict {
+                code: "billing_model_switch_required",
+                message:
+                    "switch with PATCH /subscriptions {\"billing_model\": \"credit_burndown\"}"
+                        .into(),
+            },
+        });
+    }
+    match model {
+        BillingModel::CreditBurndown => {
+            enter_credit_model(&state, &customer, target).await?;
+        }
+        BillingModel::FixedFee => {
+            subscribe_fixed(&state, &customer, target).await?;
+        }
+    }
+    state.publisher.publish(&customer).await?;
+    Ok((StatusCode::CREATED, Json(view(&state, &customer).await?)))
+}
+
+/// Creates the Stripe subscription for a customer with a default payment method, and
+/// stores it at once (the webhook that follows changes nothing).
+async fn subscribe_fixed(
+    state: &AppState,
+    customer: &CustomerId,
+    target: &Plan,
+) -> Result<(), ApiError> {
+    let gateway = gateway(state)?;
+    let stripe_customer = super::checkout::stripe_customer(state, &gateway, customer).await?;
+    if gateway
+        .default_payment_method(&stripe_customer)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::Conflict {
+            code: "payment_method_required",
+            message: "no saved payment method: subscribe through POST /checkout".into(),
+        });
+    }
+    let price = gateway
+        .price(&lookup_key(target.id().as_str(), "monthly"))
+        .await?;
+    // The key changes with every subscription the customer has had, so a retry of this
+    // request replays, while a later re-subscription is a new one.
+    let generation = sqlx::query_scalar!(
+        r#"SELECT COUNT(*) AS "n!" FROM subscriptions WHERE customer_id = $1"#,
+        customer.as_str()
+    )
+    .fetch_one(&state.pool)
+    .await?
+    .to_string();
+    let metadata = HashMap::from([
+        ("tollgate_customer_id".to_owned(), customer.to_string()),
+        ("tollgate_plan".to_owned(), target.id().to_string()),
+    ]);
+    let sub = gateway
+        .create_subscription(&stripe_customer, &price, metadata, &[&generation])
+        .await?;
+    crate::webhooks::sync_subscription_now(state, &sub).await?;
+    Ok(())
+}
+
+/// The customer is on prepaid credits of `target` from now on; what is left of earlier
+/// grants expires with the switch.
+async fn enter_credit_model(
+    state: &AppState,
+    customer: &CustomerId,
+    target: &Plan,
+) -> Result<(), ApiError> {
+    let mut tx = state.pool.begin().await?;
+    sqlx::query!(
+        "INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        customer.as_str()
+    )
+    .execute(&mut *tx)
+    .await?;
+    let now = OffsetDateTime::now_utc();
+    sqlx::query!(
+        "INSERT INTO subscriptions (customer_id, plan_type, billing_model, status,
+             current_period_start, current_period_end)
+         VALUES ($1, $2, 'credit_burndown', 'active', $3, $4)
+         ON CONFLICT (customer_id) WHERE stripe_subscription_id IS NULL DO UPDATE
+         SET plan_type = EXCLUDED.plan_type, status = 'active', created_at = now(),
+             current_period_start = EXCLUDED.current_period_start,
+             current_period_end = EXCLUDED.current_period_end, updated_at = now()",
+        customer.as_str(),
+        target.id().as_str(),
+        now,
+        now + time::Duration::days(30)
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Closes every open grant with the reason `billing_model_switch`.
+async fn expire_credits(state: &AppState, customer: &CustomerId) -> Result<u64, ApiError> {
+    Ok(sqlx::query!(
+        "UPDATE billing_credits SET closed_at = now(), closed_reason = 'billing_model_switch',
+             updated_at = now()
+         WHERE customer_id = $1 AND closed_at IS NULL",
+        customer.as_str()
+    )
+    .execute(&state.pool)
+    .await?
+    .rows_affected())
+}
+
+/// Change the plan (upgrade now, downgrade at the period end), switch the billing model,
+/// or undo a cancellation. An upgrade returns the proration preview it charged.
+#[utoipa::path(patch, path = "/api/v1/billing/subscriptions", tag = "subscriptions",
+    request_body = Change, security(("customer_jwt" = [])),
+    responses((status = 200, description = "changed; `proration` for an upgrade"),
+              (status = 409, description = "no_subscription | payment_method_required"),
+              (status = 422, description = "validation_failed")))]
 async fn change(
     AuthenticatedCustomer(customer): AuthenticatedCustomer,
     State(state): State<AppState>,
     ApiJson(request): ApiJson<Change>,
 ) -> Result<Json<Value>, ApiError> {
-    let gateway = state.stripe.clone().ok_or(ApiError::BillingUnavailable)?;
-    let current = current(&state, customer.as_str()).await?;
-    let sub = current.stripe_subscription_id.as_str();
-    let mut response = json!({});
-    match (&request.plan, request.cancel_at_period_end) {
-        (None, None) => {
+    let mut response = match (
+        &request.plan,
+        request.billing_model,
+        request.cancel_at_period_end,
+    ) {
+        (None, None, None) => {
             return Err(invalid(
                 "body",
-                "nothing to change: give plan or cancel_at_period_end",
+                "nothing to change: give plan, billing_model or cancel_at_period_end",
             ));
         }
-        (Some(_), Some(_)) => {
+        (_, Some(model), None) => {
+            switch_model(&state, &customer, model, request.plan.as_deref()).await?
+        }
+        (Some(plan), None, None) => change_plan(&state, &customer, plan).await?,
+        (None, None, Some(cancel)) => {
+            let current = current_fixed(&state, customer.as_str())
+                .await?
+                .ok_or_else(no_subscription)?;
+            let gateway = gateway(&state)?;
+            gateway
+                .set_cancel_at_period_end(&current.stripe_subscription_id, cancel)
+                .await?;
+            resync(&state, &current.stripe_subscription_id).await?;
+            json!({})
+        }
+        _ => {
             return Err(invalid(
                 "body",
-                "change the plan or the cancellation, not both at once",
+                "change one thing at a time: plan, billing_model or cancel_at_period_end",
             ));
         }
-        (None, Some(cancel)) => {
-            gateway.set_cancel_at_period_end(sub, cancel).await?;
-        }
-        (Some(plan), None) => {
-            let new = PlanId::parse(plan)
-                .ok()
-                .and_then(|id| state.catalog.get(&id))
-                .ok_or_else(|| invalid("plan", format!("unknown plan {plan:?}")))?;
-            let old = PlanId::parse(&current.plan_type)
-                .ok()
-                .and_then(|id| state.catalog.get(&id))
-                .ok_or_else(|| {
-                    anyhow::anyhow!("stored plan {} is not in the catalog", current.plan_type)
-                })?;
-            if new.monthly_fee().as_decimal() <= old.monthly_fee().as_decimal() {
-                // A downgrade takes effect at the period end; not offered yet.
-                return Err(invalid(
-                    "plan",
-                    format!(
-                        "{} is not an upgrade from {}; downgrades are not available yet",
-                        new.id(),
-                        old.id()
-                    ),
-                ));
-            }
-            let price = gateway
-                .price(&lookup_key(new.id().as_str(), "monthly"))
-                .await?;
-            let (item, start, end, old_cents) = gateway.subscription_item(sub).await?;
-            // One instant for the preview, the change and our own arithmetic, so all
-            // three agree to the cent.
-            let at = OffsetDateTime::now_utc().unix_timestamp().clamp(start, end);
-            let preview: ProrationPreview = gateway
-                .preview_price_change(sub, &item, &price.id, at)
-                .await?;
-            let ours = BillingPeriod::from_bounds(
-                OffsetDateTime::from_unix_timestamp(start).map_err(|e| anyhow::anyhow!(e))?,
-                OffsetDateTime::from_unix_timestamp(end).map_err(|e| anyhow::anyhow!(e))?,
-            )
-            .ok()
-            .and_then(|period| {
-                prorate_change(
-                    Money::from_cents(old_cents),
-                    Money::from_cents(price.unit_amount),
-                    period,
-                    OffsetDateTime::from_unix_timestamp(at).ok()?,
-                )
-                .ok()
-            });
-            if let Some(p) = &ours
-                && p.total().to_cents() != preview.total_cents
-            {
-                tracing::error!(
-                    ours = %p.total(), stripe_cents = preview.total_cents,
-                    "proration differs from Stripe's preview; Stripe's figure is charged"
-                );
-            }
-            let invoice = gateway.change_price_now(sub, &item, &price.id, at).await?;
-            response["proration"] = json!({
-                "unused_old": Money::from_cents(preview.unused_old_cents),
-                "remaining_new": Money::from_cents(preview.remaining_new_cents),
-                "total": Money::from_cents(preview.total_cents),
-                "proration_date": at,
-                "invoice": invoice,
-            });
-        }
+    };
+    state.publisher.publish(&customer).await?;
+    if let (Value::Object(out), Value::Object(view)) =
+        (&mut response, view(&state, &customer).await?)
+    {
+        out.extend(view);
     }
-    if let Some(customer) = crate::webhooks::sync_subscription_now(&state, sub).await? {
-        state.publisher.publish(&customer).await?;
+    Ok(Json(response))
+}
+
+async fn resync(state: &AppState, subscription: &str) -> Result<(), ApiError> {
+    crate::webhooks::sync_subscription_now(state, subscription).await?;
+    Ok(())
+}
+
+async fn switch_model(
+    state: &AppState,
+    customer: &CustomerId,
+    model: BillingModel,
+    plan_name: Option<&str>,
+) -> Result<Value, ApiError> {
+    let current = current_fixed(state, customer.as_str()).await?;
+    let snapshot = state.publisher.entitlements().snapshot(customer).await?;
+    if snapshot.billing_model == model
+        && !is_free(state, plan(state, "plan", snapshot.plan.as_str())?)
+    {
+        return Err(invalid(
+            "billing_model",
+            format!("already on {}", model.as_str()),
+        ));
     }
-    let stored = sqlx::query!(
-        "SELECT plan_type, status, cancel_at_period_end FROM subscriptions WHERE stripe_subscription_id = $1",
-        sub
+    let target = plan(state, "plan", plan_name.unwrap_or(snapshot.plan.as_str()))?;
+    if is_free(state, target) || !target.supports(model) {
+        return Err(invalid(
+            "plan",
+            format!(
+                "the {} plan is not offered as {}",
+                target.id(),
+                model.as_str()
+            ),
+        ));
+    }
+    let expired = match model {
+        BillingModel::CreditBurndown => {
+            // Unused fixed-fee time is credited to the customer's Stripe balance.
+            if let Some(current) = &current {
+                gateway(state)?
+                    .cancel_now_prorated(&current.stripe_subscription_id)
+                    .await?;
+                resync(state, &current.stripe_subscription_id).await?;
+            }
+            let expired = expire_credits(state, customer).await?;
+            enter_credit_model(state, customer, target).await?;
+            expired
+        }
+        BillingModel::FixedFee => {
+            // The subscription's sync expires the credits in the same transaction.
+            let before = open_grants(state, customer).await?;
+            subscribe_fixed(state, customer, target).await?;
+            before.saturating_sub(open_grants(state, customer).await?)
+        }
+    };
+    Ok(json!({ "credits_expired": expired }))
+}
+
+async fn open_grants(state: &AppState, customer: &CustomerId) -> Result<u64, ApiError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT COUNT(*) AS "n!" FROM billing_credits WHERE customer_id = $1 AND closed_at IS NULL"#,
+        customer.as_str()
     )
     .fetch_one(&state.pool)
-    .await?;
-    response["plan"] = json!(stored.plan_type);
-    response["status"] = json!(stored.status);
-    response["cancel_at_period_end"] = json!(stored.cancel_at_period_end);
-    Ok(Json(response))
+    .await?
+    .try_into()
+    .unwrap_or(0))
+}
+
+async fn change_plan(
+    state: &AppState,
+    customer: &CustomerId,
+    plan_name: &str,
+) -> Result<Value, ApiError> {
+    let target = plan(state, "plan", plan_name)?;
+    let current = current_fixed(state, customer.as_str())
+        .await?
+        .ok_or_else(no_subscription)?;
+    let gateway = gateway(state)?;
+    let sub = current.stripe_subscription_id.as_str();
+    if is_free(state, target) {
+        gateway.set_cancel_at_period_end(sub, true).await?;
+        resync(state, sub).await?;
+        return Ok(json!({ "change": "cancel_at_period_end" }));
+    }
+    // `plan_type` is the plan the customer has now (during a pending downgrade, the one
+    // they paid for this period).
+    let paid = plan(state, "plan", &current.plan_type)?;
+    let (item, start, end, _) = gateway.subscription_item(sub).await?;
+    if current.pending_plan_type.is_some() {
+        // Undo the pending downgrade first: Stripe's price goes back to the paid plan.
+        let paid_price = gateway
+            .price(&lookup_key(paid.id().as_str(), "monthly"))
+            .await?;
+        gateway
+            .set_price_from_next_period(sub, &item, &paid_price.id, None, current.stripe_state_at)
+            .await?;
+        if target.id() == paid.id() {
+            resync(state, sub).await?;
+            return Ok(json!({ "change": "downgrade_undone" }));
+        }
+    } else if target.id() == paid.id() {
+        return Err(invalid("plan", format!("already on {}", paid.id())));
+    }
+    let price = gateway
+        .price(&lookup_key(target.id().as_str(), "monthly"))
+        .await?;
+    if target.monthly_fee().as_decimal() < paid.monthly_fee().as_decimal() {
+        let effective = end;
+        gateway
+            .set_price_from_next_period(
+                sub,
+                &item,
+                &price.id,
+                Some((paid.id().as_str(), effective)),
+                current.stripe_state_at,
+            )
+            .await?;
+        resync(state, sub).await?;
+        return Ok(json!({
+            "change": "downgrade_at_period_end",
+            "effective_at": OffsetDateTime::from_unix_timestamp(effective).ok()
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+        }));
+    }
+    let proration = upgrade_now(&gateway, sub, &item, start, end, &price).await?;
+    resync(state, sub).await?;
+    Ok(json!({ "change": "upgrade", "proration": proration }))
+}
+
+async fn upgrade_now(
+    gateway: &StripeGateway,
+    sub: &str,
+    item: &str,
+    start: i64,
+    end: i64,
+    price: &crate::stripe::PriceRef,
+) -> Result<Value, ApiError> {
+    let (_, _, _, old_cents) = gateway.subscription_item(sub).await?;
+    // One instant for the preview, the change and our own arithmetic, so all three
+    // agree to the cent.
+    let at = OffsetDateTime::now_utc().unix_timestamp().clamp(start, end);
+    let preview: ProrationPreview = gateway
+        .preview_price_change(sub, item, &price.id, at)
+        .await?;
+    let ours = BillingPeriod::from_bounds(
+        OffsetDateTime::from_unix_timestamp(start).map_err(|e| anyhow::anyhow!(e))?,
+        OffsetDateTime::from_unix_timestamp(end).map_err(|e| anyhow::anyhow!(e))?,
+    )
+    .ok()
+    .and_then(|period| {
+        prorate_change(
+            Money::from_cents(old_cents),
+            Money::from_cents(price.unit_amount),
+            period,
+            OffsetDateTime::from_unix_timestamp(at).ok()?,
+        )
+        .ok()
+    });
+    if let Some(p) = &ours
+        && p.total().to_cents() != preview.total_cents
+    {
+        tracing::error!(
+            ours = %p.total(), stripe_cents = preview.total_cents,
+            "proration differs from Stripe's preview; Stripe's figure is charged"
+        );
+    }
+    let invoice = gateway.change_price_now(sub, item, &price.id, at).await?;
+    Ok(json!({
+        "unused_old": Money::from_cents(preview.unused_old_cents),
+        "remaining_new": Money::from_cents(preview.remaining_new_cents),
+        "total": Money::from_cents(preview.total_cents),
+        "proration_date": at,
+        "invoice": invoice,
+    }))
 }
 
 /// Cancels at the period end (the default: access stays until the paid period ends) or,
 /// with `?immediately=true`, now.
+#[utoipa::path(delete, path = "/api/v1/billing/subscriptions", tag = "subscriptions",
+    params(CancelQuery), security(("customer_jwt" = [])),
+    responses((status = 200, description = "canceled (or set to cancel)"),
+              (status = 409, description = "no_subscription")))]
 async fn cancel(
     AuthenticatedCustomer(customer): AuthenticatedCustomer,
     State(state): State<AppState>,
     query: Result<Query<CancelQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| invalid("immediately", e.body_text()))?;
-    let gateway = state.stripe.clone().ok_or(ApiError::BillingUnavailable)?;
-    let current = current(&state, customer.as_str()).await?;
+    let gateway = gateway(&state)?;
+    let current = current_fixed(&state, customer.as_str())
+        .await?
+        .ok_or_else(no_subscription)?;
     let sub = current.stripe_subscription_id.as_str();
     if q.immediately {
         gateway.cancel_now(sub).await?;
     } else {
         gateway.set_cancel_at_period_end(sub, true).await?;
     }
-    if let Some(customer) = crate::webhooks::sync_subscription_now(&state, sub).await? {
-        state.publisher.publish(&customer).await?;
-    }
+    resync(&state, sub).await?;
+    state.publisher.publish(&customer).await?;
     let stored = sqlx::query!(
         r#"SELECT status, cancel_at_period_end, current_period_end FROM subscriptions
            WHERE stripe_subscription_id = $1"#,
@@ -201,4 +519,9 @@ async fn cancel(
         "access_until": stored.current_period_end
             .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
     })))
+}
+
+/// The subscription as the frontend shows it (the same body as `GET /subscriptions`).
+pub async fn view(state: &AppState, customer: &CustomerId) -> Result<Value, ApiError> {
+    super::account::subscription_view(state, customer).await
 }

@@ -3,17 +3,18 @@
 use super::AppState;
 use super::error::ApiError;
 use super::extract::AuthenticatedCustomer;
+use axum::Json;
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use billing_model::{Enforcement, Money, PlanId, overage_amount, overage_units};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/billing/usage", get(current))
-        .route("/api/v1/billing/usage/history", get(history))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(current))
+        .routes(routes!(history))
 }
 
 #[derive(Debug, Serialize)]
@@ -34,6 +35,7 @@ pub struct UsageView {
     pub credit_balance: Money,
 }
 
+#[utoipa::path(get, path = "/api/v1/billing/usage", tag = "usage", security(("customer_jwt" = [])), responses((status = 200, description = "this period: included, used, remaining, overage, credits")))]
 async fn current(
     AuthenticatedCustomer(customer): AuthenticatedCustomer,
     State(state): State<AppState>,
@@ -96,6 +98,7 @@ pub struct HistoryBucket {
     pub quantity: i64,
 }
 
+#[utoipa::path(get, path = "/api/v1/billing/usage/history", tag = "usage", params(("from" = String, Query, description = "RFC 3339"), ("to" = String, Query, description = "RFC 3339"), ("granularity" = Option<String>, Query, description = "day (default) or period")), security(("customer_jwt" = [])), responses((status = 200, description = "usage buckets from the ledger")))]
 async fn history(
     AuthenticatedCustomer(customer): AuthenticatedCustomer,
     State(state): State<AppState>,

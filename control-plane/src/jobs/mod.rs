@@ -2,7 +2,9 @@
 //! holds its PostgreSQL advisory lock, so one replica at a time does it.
 
 pub mod counters;
+pub mod dunning;
 pub mod retention;
+pub mod stripe_sync;
 
 use sqlx::PgPool;
 use std::future::Future;
@@ -11,6 +13,8 @@ use std::time::Duration;
 /// Advisory lock keys, one per job (arbitrary, stable numbers).
 pub const COUNTER_RECONCILIATION_LOCK: i64 = 0x7467_0001;
 pub const RETENTION_LOCK: i64 = 0x7467_0002;
+pub const STRIPE_SYNC_LOCK: i64 = 0x7467_0003;
+pub const DUNNING_LOCK: i64 = 0x7467_0004;
 
 /// Runs `work` inside a transaction holding the advisory lock `key`; returns `None`
 /// when another replica holds it.

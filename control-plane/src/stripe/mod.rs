@@ -355,3 +355,165 @@ impl StripeGateway {
         ))
     }
 }
+
+/// Subscription metadata that records a downgrade waiting for the period end: Stripe
+/// already bills the lower price from the next renewal, and access stays on the plan
+/// named here until the instant recorded with it. Kept in Stripe (not only in
+/// PostgreSQL) so a re-fetch or a reconciliation derives the same state.
+pub const DOWNGRADE_FROM: &str = "tollgate_downgrade_from";
+pub const DOWNGRADE_AT: &str = "tollgate_downgrade_at";
+
+impl StripeGateway {
+    /// The customer's default payment method (set by Checkout or the Portal), if any.
+    pub async fn default_payment_method(
+        &self,
+        stripe_customer: &str,
+    ) -> Result<Option<String>, GatewayError> {
+        use stripe_core::customer::{RetrieveCustomer, RetrieveCustomerReturned};
+        let customer = RetrieveCustomer::new(stripe_customer)
+            .send(&self.client)
+            .await?;
+        let RetrieveCustomerReturned::Customer(customer) = customer else {
+            return Ok(None);
+        };
+        Ok(customer
+            .invoice_settings
+            .and_then(|s| s.default_payment_method)
+            .map(|pm| pm.id().as_str().to_owned()))
+    }
+
+    /// Subscribes a customer who already has a default payment method; the first
+    /// invoice is charged at once and a decline fails the call (nothing is left behind).
+    pub async fn create_subscription(
+        &self,
+        stripe_customer: &str,
+        price: &PriceRef,
+        metadata: HashMap<String, String>,
+        key_parts: &[&str],
+    ) -> Result<String, GatewayError> {
+        use stripe_billing::subscription::{
+            CreateSubscription, CreateSubscriptionItems, CreateSubscriptionPaymentBehavior,
+        };
+        let mut parts = vec!["subscribe", stripe_customer, price.id.as_str()];
+        parts.extend_from_slice(key_parts);
+        let sub = CreateSubscription::new()
+            .customer(stripe_customer)
+            .items(vec![CreateSubscriptionItems {
+                price: Some(price.id.clone()),
+                quantity: Some(1),
+                ..CreateSubscriptionItems::new()
+            }])
+            .metadata(metadata)
+            .payment_behavior(CreateSubscriptionPaymentBehavior::ErrorIfIncomplete)
+            .customize()
+            .request_strategy(idempotency(&parts))
+            .send(&self.client)
+            .await?;
+        Ok(sub.id.as_str().to_owned())
+    }
+
+    /// Moves `item` to `price` without proration and records (or, with `None`, clears)
+    /// the plan whose access lasts until the period end. `version` is the stored state
+    /// the request was based on: a retry replays, the same change asked again later
+    /// (after an undo) is a new request.
+    pub async fn set_price_from_next_period(
+        &self,
+        subscription: &str,
+        item: &str,
+        price: &str,
+        access: Option<(&str, i64)>,
+        version: i64,
+    ) -> Result<(), GatewayError> {
+        use stripe_billing::subscription::{
+            UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
+        };
+        // Stripe removes a metadata key set to the empty string.
+        let (from, at) = access
+            .map(|(plan, at)| (plan.to_owned(), at.to_string()))
+            .unwrap_or_default();
+        UpdateSubscription::new(subscription)
+            .items(vec![UpdateSubscriptionItems {
+                id: Some(item.to_owned()),
+                price: Some(price.to_owned()),
+                ..UpdateSubscriptionItems::new()
+            }])
+            .proration_behavior(UpdateSubscriptionProrationBehavior::None)
+            .metadata(HashMap::from([
+                (DOWNGRADE_FROM.to_owned(), from.clone()),
+                (DOWNGRADE_AT.to_owned(), at.clone()),
+            ]))
+            .customize()
+            .request_strategy(idempotency(&[
+                "price_from_next_period",
+                subscription,
+                price,
+                &from,
+                &at,
+                &version.to_string(),
+            ]))
+            .send(&self.client)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends the subscription now, crediting the unused time to the customer's Stripe
+    /// balance (used when the customer leaves fixed fee for prepaid credits).
+    pub async fn cancel_now_prorated(&self, subscription: &str) -> Result<(), GatewayError> {
+        use stripe_billing::subscription::CancelSubscription;
+        CancelSubscription::new(subscription)
+            .prorate(true)
+            .invoice_now(true)
+            .customize()
+            .request_strategy(idempotency(&["cancel_prorated", subscription]))
+            .send(&self.client)
+            .await?;
+        Ok(())
+    }
+}
+
+impl StripeGateway {
+    /// What the subscription's next invoice will charge (cents) and when, as Stripe
+    /// previews it (pending invoice items included; overage is added at renewal).
+    pub async fn upcoming_invoice(&self, subscription: &str) -> Result<(i64, i64), GatewayError> {
+        use stripe_billing::invoice::CreatePreviewInvoice;
+        let preview = CreatePreviewInvoice::new()
+            .subscription(subscription)
+            .send(&self.client)
+            .await?;
+        let at = preview
+            .next_payment_attempt
+            .or(preview.due_date)
+            .unwrap_or(preview.period_end);
+        Ok((preview.amount_due, at))
+    }
+}
+
+impl StripeGateway {
+    /// Adds a one-off charge to a draft invoice. The key names the charge (customer and
+    /// usage period), so a rerun after a crash gets Stripe's replay, never a second item.
+    pub async fn add_invoice_item(
+        &self,
+        stripe_customer: &str,
+        invoice: &str,
+        amount_cents: i64,
+        description: &str,
+        metadata: HashMap<String, String>,
+        key_parts: &[&str],
+    ) -> Result<String, GatewayError> {
+        use stripe_billing::invoice_item::CreateInvoiceItem;
+        let mut parts = vec!["invoice_item", stripe_customer];
+        parts.extend_from_slice(key_parts);
+        let item = CreateInvoiceItem::new()
+            .customer(stripe_customer)
+            .invoice(invoice)
+            .amount(amount_cents)
+            .currency(stripe_types::Currency::USD)
+            .description(description)
+            .metadata(metadata)
+            .customize()
+            .request_strategy(idempotency(&parts))
+            .send(&self.client)
+            .await?;
+        Ok(item.id.as_str().to_owned())
+    }
+}

@@ -61,7 +61,7 @@ pub async fn run_worker(state: AppState, mut stop: tokio::sync::watch::Receiver<
 pub async fn apply_next(state: &AppState) -> anyhow::Result<bool> {
     let mut tx = state.pool.begin().await?;
     let Some(event) = sqlx::query!(
-        "SELECT event_id, event_type, payload, received_at FROM stripe_events
+        "SELECT event_id, event_type, payload, received_at, stripe_created FROM stripe_events
          WHERE applied_at IS NULL
          ORDER BY received_at
          LIMIT 1
@@ -74,7 +74,14 @@ pub async fn apply_next(state: &AppState) -> anyhow::Result<bool> {
     };
     let started = std::time::Instant::now();
     let object = event.payload["data"]["object"].clone();
-    let outcome = apply(state, &mut tx, &event.event_type, &object).await;
+    let outcome = apply(
+        state,
+        &mut tx,
+        &event.event_type,
+        &object,
+        event.stripe_created,
+    )
+    .await;
     let (label, touched) = match outcome {
         Ok(Some(customer)) => ("applied", Some(customer)),
         Ok(None) => ("ignored", None),
@@ -121,6 +128,7 @@ async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     kind: &str,
     object: &Value,
+    created: i64,
 ) -> Result<Option<CustomerId>, ApplyError> {
     match kind {
         "checkout.session.completed" => match object["mode"].as_str() {
@@ -142,8 +150,32 @@ async fn apply(
                 return Ok(None);
             };
             let customer = sync_subscription(state, tx, &subscription).await?;
-            record_payment(state, tx, kind, &subscription, object).await?;
+            record_payment(state, tx, kind, &subscription, object, created).await?;
             Ok(customer)
+        }
+        "invoice.created" => {
+            let gateway = state
+                .stripe
+                .as_ref()
+                .ok_or(GatewayError::Incomplete("stripe settings"))?;
+            match crate::overage::bill_renewal_draft(tx, gateway, &state.catalog, object).await {
+                Ok(Some(charge)) => {
+                    state
+                        .metrics
+                        .overage_billed_cents
+                        .inc_by(u64::try_from(charge.amount.to_cents()).unwrap_or(0));
+                    tracing::info!(customer = %charge.customer_id, units = charge.units,
+                        amount = %charge.amount, "overage added to the renewal invoice");
+                    Ok(None)
+                }
+                Ok(None) => Ok(None),
+                Err(crate::overage::OverageError::Database(e)) => Err(e.into()),
+                Err(crate::overage::OverageError::Stripe(e)) => Err(e.into()),
+                Err(e @ crate::overage::OverageError::Overflow) => {
+                    tracing::error!(error = %e, "overage not billed");
+                    Ok(None)
+                }
+            }
         }
         "charge.refunded" => revoke_refunded_credits(tx, object).await,
         _ => Ok(None),
@@ -223,9 +255,31 @@ async fn sync_subscription(
     let Ok(customer_id) = CustomerId::parse(&customer) else {
         return Ok(None);
     };
+    // A downgrade waits for the period end: Stripe bills the lower price from the next
+    // renewal, access stays on the plan it came from until then.
+    let downgrade = sub
+        .metadata
+        .get(crate::stripe::DOWNGRADE_FROM)
+        .and_then(|p| PlanId::parse(p).ok())
+        .zip(
+            sub.metadata
+                .get(crate::stripe::DOWNGRADE_AT)
+                .and_then(|t| t.parse::<i64>().ok()),
+        )
+        .filter(|(_, at)| item.current_period_end <= *at);
+    let (plan, pending) = match downgrade {
+        Some((from, _)) => (from, Some(plan)),
+        None => (plan, None),
+    };
     let period_start = OffsetDateTime::from_unix_timestamp(item.current_period_start).ok();
     let period_end = OffsetDateTime::from_unix_timestamp(item.current_period_end).ok();
     let status = sub.status.as_str().to_owned();
+    let before = sqlx::query!(
+        "SELECT plan_type, status FROM subscriptions WHERE stripe_subscription_id = $1",
+        subscription_id
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
     sqlx::query!(
         "INSERT INTO customers (customer_id, stripe_customer_id) VALUES ($1, $2)
          ON CONFLICT (customer_id) DO UPDATE
@@ -238,10 +292,11 @@ async fn sync_subscription(
     sqlx::query!(
         "INSERT INTO subscriptions (customer_id, stripe_subscription_id, stripe_customer_id,
              plan_type, billing_model, status, current_period_start, current_period_end,
-             cancel_at_period_end, stripe_state_at)
-         VALUES ($1, $2, $3, $4, 'fixed_fee', $5, $6, $7, $8, $9)
+             cancel_at_period_end, stripe_state_at, pending_plan_type)
+         VALUES ($1, $2, $3, $4, 'fixed_fee', $5, $6, $7, $8, $9, $10)
          ON CONFLICT (stripe_subscription_id) DO UPDATE SET
              plan_type = EXCLUDED.plan_type,
+             pending_plan_type = EXCLUDED.pending_plan_type,
              status = EXCLUDED.status,
              current_period_start = EXCLUDED.current_period_start,
              current_period_end = EXCLUDED.current_period_end,
@@ -257,10 +312,37 @@ async fn sync_subscription(
         period_start,
         period_end,
         sub.cancel_at_period_end,
-        fetched_at
+        fetched_at,
+        pending.as_ref().map(PlanId::as_str)
     )
     .execute(&mut **tx)
     .await?;
+    if matches!(status.as_str(), "active" | "trialing" | "past_due") {
+        expire_credits_on_switch(tx, &customer, subscription_id).await?;
+    }
+    if let Some(before) = before {
+        use crate::notifications::{Kind, enqueue};
+        if before.plan_type != plan.as_str() {
+            enqueue(
+                &mut **tx,
+                &customer,
+                Kind::PlanChanged,
+                &format!("plan_changed/{subscription_id}/{fetched_at}"),
+                serde_json::json!({ "from": before.plan_type, "to": plan.as_str() }),
+            )
+            .await?;
+        }
+        if before.status == "past_due" && matches!(status.as_str(), "unpaid" | "canceled") {
+            enqueue(
+                &mut **tx,
+                &customer,
+                Kind::FellBackToFree,
+                &format!("fallback/{subscription_id}"),
+                serde_json::json!({ "reason": status, "subscription": subscription_id }),
+            )
+            .await?;
+        }
+    }
     Ok(Some(customer_id))
 }
 
@@ -272,6 +354,7 @@ async fn record_payment(
     kind: &str,
     subscription_id: &str,
     invoice: &Value,
+    failed_at: i64,
 ) -> Result<(), ApplyError> {
     let grace = state
         .webhooks
@@ -279,7 +362,7 @@ async fn record_payment(
         .map(|w| w.grace)
         .unwrap_or(time::Duration::days(7));
     if kind == "invoice.paid" {
-        sqlx::query!(
+        let recovered = sqlx::query!(
             "UPDATE subscriptions SET payment_failed_attempts = 0, next_payment_attempt = NULL,
                  grace_until = NULL, updated_at = now()
              WHERE stripe_subscription_id = $1",
@@ -287,18 +370,61 @@ async fn record_payment(
         )
         .execute(&mut **tx)
         .await?;
+        if recovered.rows_affected() > 0 && invoice["attempt_count"].as_i64().unwrap_or(1) > 1 {
+            state
+                .metrics
+                .payments
+                .with_label_values(&["recovered"])
+                .inc();
+            if let Some(customer) = subscription_customer(tx, subscription_id).await? {
+                crate::notifications::enqueue(
+                    &mut **tx,
+                    &customer,
+                    crate::notifications::Kind::PaymentRecovered,
+                    &format!("payment_recovered/{}", invoice["id"].as_str().unwrap_or("")),
+                    serde_json::json!({ "invoice": invoice["id"], "subscription": subscription_id }),
+                )
+                .await?;
+            }
+        }
         return Ok(());
     }
     let attempts = invoice["attempt_count"].as_i64().unwrap_or(1) as i32;
     let next = invoice["next_payment_attempt"]
         .as_i64()
         .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
-    let grace_end = OffsetDateTime::now_utc() + grace;
+    // Grace counts from the failure as Stripe timed it (a test clock's time included),
+    // and never ends before the period already paid for: a renewal invoice's period
+    // ends where the unpaid period begins.
+    if kind == "invoice.payment_failed" {
+        state.metrics.payments.with_label_values(&["failed"]).inc();
+        if let Some(customer) = subscription_customer(tx, subscription_id).await? {
+            crate::notifications::enqueue(
+                &mut **tx,
+                &customer,
+                crate::notifications::Kind::PaymentFailed,
+                &format!("payment_failed/{}", invoice["id"].as_str().unwrap_or("")),
+                serde_json::json!({
+                    "invoice": invoice["id"], "subscription": subscription_id,
+                    "attempt_count": invoice["attempt_count"],
+                    "next_payment_attempt": invoice["next_payment_attempt"],
+                }),
+            )
+            .await?;
+        }
+    }
+    let failed_at = OffsetDateTime::from_unix_timestamp(failed_at)
+        .unwrap_or_else(|_| OffsetDateTime::now_utc());
+    let paid_until = invoice["period_end"]
+        .as_i64()
+        .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+        .unwrap_or(failed_at);
+    let grace_end = (failed_at + grace).max(paid_until);
     sqlx::query!(
         "UPDATE subscriptions SET
              payment_failed_attempts = GREATEST(payment_failed_attempts, $2),
              next_payment_attempt = $3,
-             grace_until = COALESCE(grace_until, GREATEST($4, current_period_end)),
+             grace_until = COALESCE(grace_until, $4),
              updated_at = now()
          WHERE stripe_subscription_id = $1",
         subscription_id,
@@ -397,4 +523,47 @@ async fn revoke_refunded_credits(
         .into_iter()
         .next()
         .and_then(|c| CustomerId::parse(&c).ok()))
+}
+
+/// Prepaid credits end when the customer moves to fixed fee: grants bought before the
+/// subscription began are closed with the reason kept (grants bought later, after a
+/// switch back to credits, are not this subscription's business).
+async fn expire_credits_on_switch(
+    tx: &mut Transaction<'_, Postgres>,
+    customer: &str,
+    subscription_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE billing_credits SET closed_at = now(), closed_reason = 'billing_model_switch',
+             updated_at = now()
+         WHERE customer_id = $1 AND closed_at IS NULL
+           AND created_at < (SELECT created_at FROM subscriptions WHERE stripe_subscription_id = $2)",
+        customer,
+        subscription_id
+    )
+    .execute(&mut **tx)
+    .await?;
+    // The credit-model row stops being the customer's plan.
+    sqlx::query!(
+        "UPDATE subscriptions SET status = 'canceled', updated_at = now()
+         WHERE customer_id = $1 AND stripe_subscription_id IS NULL AND status <> 'canceled'
+           AND created_at < (SELECT created_at FROM subscriptions WHERE stripe_subscription_id = $2)",
+        customer,
+        subscription_id
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn subscription_customer(
+    tx: &mut Transaction<'_, Postgres>,
+    subscription_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT customer_id FROM subscriptions WHERE stripe_subscription_id = $1",
+        subscription_id
+    )
+    .fetch_optional(&mut **tx)
+    .await
 }

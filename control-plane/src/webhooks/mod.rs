@@ -6,20 +6,21 @@
 mod apply;
 pub mod signature;
 
-pub use apply::{run_worker, sync_subscription_now};
+pub use apply::{apply_next, run_worker, sync_subscription_now};
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/webhooks/stripe", post(receive))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(receive))
 }
 
 /// The parts of a Stripe event tollgate reads before storing it.
@@ -37,6 +38,9 @@ struct EnvelopeData {
     object: Value,
 }
 
+#[utoipa::path(post, path = "/api/v1/webhooks/stripe", tag = "webhooks",
+    request_body(content = String, content_type = "application/json", description = "a Stripe event, verified against `Stripe-Signature`"),
+    responses((status = 200, description = "stored (or a duplicate)"), (status = 400, description = "missing_signature | invalid_signature | timestamp_out_of_tolerance | malformed_event")))]
 async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -53,6 +53,11 @@ pub const WEBHOOK_SECRET: &str = "whsec_standin";
 /// The app and a Stripe stand-in that delivers its signed events to the app's webhook
 /// endpoint (the app's port is chosen first so the stand-in can be told where to send).
 pub async fn spawn_app_with_stripe_webhooks() -> TestApp {
+    spawn_app_with_stripe_webhooks_and(|_| {}).await
+}
+
+/// [`spawn_app_with_stripe_webhooks`] with the configuration adjusted by `edit`.
+pub async fn spawn_app_with_stripe_webhooks_and(edit: impl FnOnce(&mut Config)) -> TestApp {
     let port = tollgate_e2e::free_port();
     let standin = stripe_standin::spawn(stripe_standin::Config {
         api_key: Some(STRIPE_KEY.to_owned()),
@@ -63,14 +68,23 @@ pub async fn spawn_app_with_stripe_webhooks() -> TestApp {
     })
     .await
     .expect("stripe stand-in starts");
-    spawn_app_on(Some(standin), Some(port)).await
+    spawn_app_on(Some(standin), Some(port), edit).await
 }
 
 async fn spawn_app_with(stripe: Option<stripe_standin::Running>) -> TestApp {
-    spawn_app_on(stripe, None).await
+    spawn_app_on(stripe, None, |_| {}).await
 }
 
-async fn spawn_app_on(stripe: Option<stripe_standin::Running>, port: Option<u16>) -> TestApp {
+/// The app without Stripe, with the configuration adjusted by `edit`.
+pub async fn spawn_app_and(edit: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_on(None, None, edit).await
+}
+
+async fn spawn_app_on(
+    stripe: Option<stripe_standin::Running>,
+    port: Option<u16>,
+    edit: impl FnOnce(&mut Config),
+) -> TestApp {
     let database = TestDatabase::create().await.expect("test database");
     let mut config = test_config(&database.url);
     if let Some(port) = port {
@@ -85,6 +99,7 @@ async fn spawn_app_on(stripe: Option<stripe_standin::Running>, port: Option<u16>
             webhook_tolerance_seconds: 300,
             test_clock: None,
         });
+    edit(&mut config);
     let service_token = config.internal.service_token.expose_secret().to_owned();
     let app = Application::build(config)
         .await
@@ -283,5 +298,93 @@ impl TestApp {
             &[],
         )
         .await;
+    }
+}
+
+impl TestApp {
+    /// A Stripe customer for `customer` living on a new test clock frozen at `frozen`
+    /// (unix seconds), recorded as theirs before any checkout; returns the clock id.
+    pub async fn customer_on_clock(&self, customer: &str, frozen: i64) -> String {
+        let clock = self
+            .stripe_post(
+                "/v1/test_helpers/test_clocks",
+                &[("frozen_time", &frozen.to_string())],
+            )
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let stripe_customer = self
+            .stripe_post(
+                "/v1/customers",
+                &[
+                    ("test_clock", clock.as_str()),
+                    ("metadata[tollgate_customer_id]", customer),
+                ],
+            )
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        sqlx::query("INSERT INTO customers (customer_id, stripe_customer_id) VALUES ($1, $2)")
+            .bind(customer)
+            .bind(&stripe_customer)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        clock
+    }
+
+    /// Moves a test clock to `to` (unix seconds); renewals, retries and finalizations
+    /// happen on the way.
+    pub async fn advance(&self, clock: &str, to: i64) {
+        self.stripe_post(
+            &format!("/v1/test_helpers/test_clocks/{clock}/advance"),
+            &[("frozen_time", &to.to_string())],
+        )
+        .await;
+    }
+
+    /// Subscribes `customer` to `plan` through Checkout and waits until it is stored;
+    /// returns the Stripe subscription id.
+    pub async fn subscribe_via_checkout(&self, customer: &str, plan: &str) -> String {
+        let session = self
+            .checkout(
+                customer,
+                &serde_json::json!({"plan": plan, "billing_model": "fixed_fee",
+                    "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
+            )
+            .await;
+        self.pay(&session).await;
+        self.eventually(
+            "the subscription",
+            &format!(
+                "SELECT bool_or(status = 'active') FROM subscriptions WHERE customer_id = '{customer}'"
+            ),
+        )
+        .await;
+        self.stripe_get(&format!("/v1/checkout/sessions/{session}"))
+            .await["subscription"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Sends `method path` with `customer`'s token and an optional JSON body.
+    pub async fn call_as(
+        &self,
+        customer: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut r = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(self.customer_token(customer));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().await.unwrap()
     }
 }

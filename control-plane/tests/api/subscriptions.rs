@@ -5,26 +5,7 @@ use crate::helpers::spawn_app_with_stripe_webhooks;
 use serde_json::{Value, json};
 
 async fn subscribed(app: &crate::helpers::TestApp, customer: &str, plan: &str) -> String {
-    let session = app
-        .checkout(
-            customer,
-            &json!({"plan": plan, "billing_model": "fixed_fee",
-                    "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
-        )
-        .await;
-    app.pay(&session).await;
-    app.eventually(
-        "the subscription",
-        &format!(
-            "SELECT bool_or(status = 'active') FROM subscriptions WHERE customer_id = '{customer}'"
-        ),
-    )
-    .await;
-    app.stripe_get(&format!("/v1/checkout/sessions/{session}"))
-        .await["subscription"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    app.subscribe_via_checkout(customer, plan).await
 }
 
 async fn patch(app: &crate::helpers::TestApp, customer: &str, body: Value) -> reqwest::Response {
@@ -122,7 +103,7 @@ async fn cancel_at_period_end_keeps_access_and_reactivation_undoes_it() {
 }
 
 #[tokio::test]
-async fn changes_without_a_subscription_or_downgrades_are_refused_clearly() {
+async fn changes_without_a_subscription_or_that_change_nothing_are_refused_clearly() {
     let app = spawn_app_with_stripe_webhooks().await;
     app.sync_catalog().await;
     let none = patch(&app, "nosub", json!({"plan": "enterprise"})).await;
@@ -131,10 +112,19 @@ async fn changes_without_a_subscription_or_downgrades_are_refused_clearly() {
         none.json::<Value>().await.unwrap()["code"],
         "no_subscription"
     );
-    subscribed(&app, "down", "enterprise").await;
-    let down = patch(&app, "down", json!({"plan": "premium"})).await;
-    assert_eq!(down.status(), 422);
-    assert_eq!(down.json::<Value>().await.unwrap()["field"], "plan");
-    let empty = patch(&app, "down", json!({})).await;
+    subscribed(&app, "same", "enterprise").await;
+    let same = patch(&app, "same", json!({"plan": "enterprise"})).await;
+    assert_eq!(same.status(), 422);
+    assert_eq!(same.json::<Value>().await.unwrap()["field"], "plan");
+    let empty = patch(&app, "same", json!({})).await;
     assert_eq!(empty.status(), 422);
+    let two = patch(
+        &app,
+        "same",
+        json!({"plan": "premium", "cancel_at_period_end": true}),
+    )
+    .await;
+    assert_eq!(two.status(), 422);
+    let unknown = patch(&app, "same", json!({"plan": "platinum"})).await;
+    assert_eq!(unknown.status(), 422);
 }

@@ -1,0 +1,217 @@
+//! Overage of the fixed-fee model, billed through Stripe exactly once per period.
+//!
+//! How: when Stripe opens a renewal invoice (`invoice.created`, `billing_reason =
+//! subscription_cycle`, still a draft for about an hour), tollgate adds one invoice item
+//! for the period that just ended: units beyond the plan's included units × the plan's
+//! rate, from the ledger. The item's idempotency key is derived from (customer, period)
+//! and `overage_charges` records it, so running twice or crashing between Stripe and
+//! PostgreSQL still leaves exactly one item; the invoice total then equals the ledger's
+//! figure to the cent.
+//!
+//! Which plan prices a period: the one in effect at its end (an upgrade applies the new
+//! plan's included units and rate to the whole period's usage, as the proxy enforced
+//! it; a downgrade waiting for the period end still bills the plan paid for).
+
+use crate::stripe::{DOWNGRADE_AT, DOWNGRADE_FROM, GatewayError, StripeGateway};
+use billing_model::{Catalog, Money, PlanId, overage_amount, overage_units};
+use serde_json::Value;
+use sqlx::{Postgres, Transaction};
+use std::collections::HashMap;
+use stripe_billing::subscription::RetrieveSubscription;
+use time::OffsetDateTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverageError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Stripe(#[from] GatewayError),
+    #[error("overage does not fit in an amount")]
+    Overflow,
+}
+
+impl From<stripe::StripeError> for OverageError {
+    fn from(e: stripe::StripeError) -> Self {
+        OverageError::Stripe(GatewayError::Stripe(e))
+    }
+}
+
+/// What was billed for one period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverageCharge {
+    pub customer_id: String,
+    pub plan: String,
+    pub units: u64,
+    pub amount: Money,
+    pub invoice_item: String,
+}
+
+/// Bills the overage of the period a renewal draft closes; `None` when there is nothing
+/// to bill (not a renewal draft, within the allowance, a plan without overage, or billed
+/// already).
+pub async fn bill_renewal_draft(
+    tx: &mut Transaction<'_, Postgres>,
+    gateway: &StripeGateway,
+    catalog: &Catalog,
+    invoice: &Value,
+) -> Result<Option<OverageCharge>, OverageError> {
+    if invoice["status"].as_str() != Some("draft")
+        || invoice["billing_reason"].as_str() != Some("subscription_cycle")
+    {
+        return Ok(None);
+    }
+    let (Some(invoice_id), Some(stripe_customer), Some(start), Some(end)) = (
+        invoice["id"].as_str(),
+        invoice["customer"].as_str(),
+        invoice["period_start"].as_i64(),
+        invoice["period_end"].as_i64(),
+    ) else {
+        return Ok(None);
+    };
+    let Some(subscription) = invoice["parent"]["subscription_details"]["subscription"]
+        .as_str()
+        .or_else(|| invoice["subscription"].as_str())
+    else {
+        return Ok(None);
+    };
+    let Some(customer) = sqlx::query_scalar!(
+        "SELECT customer_id FROM subscriptions WHERE stripe_subscription_id = $1",
+        subscription
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let (Ok(period_start), Ok(period_end)) = (
+        OffsetDateTime::from_unix_timestamp(start),
+        OffsetDateTime::from_unix_timestamp(end),
+    ) else {
+        return Ok(None);
+    };
+    // Serialises concurrent runs for this customer and period; the row check below
+    // makes reruns skip.
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2::text, 0))",
+        customer,
+        start.to_string()
+    )
+    .execute(&mut **tx)
+    .await?;
+    let billed = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM overage_charges
+               WHERE customer_id = $1 AND billing_period_start = $2) AS "billed!""#,
+        customer,
+        period_start
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    if billed {
+        return Ok(None);
+    }
+    let Some(plan) = period_plan(gateway, catalog, subscription, end).await? else {
+        return Ok(None);
+    };
+    let used = period_usage(tx, &customer, period_start).await?;
+    let units = overage_units(plan.included_units(), used);
+    let amount = overage_amount(plan, used).map_err(|_| OverageError::Overflow)?;
+    let Some(rate) = plan.overage_rate() else {
+        return Ok(None);
+    };
+    if units == 0 || amount.is_zero() {
+        return Ok(None);
+    }
+    let description = format!(
+        "Overage: {units} tickets × ${rate} beyond {} included ({} plan)",
+        plan.included_units(),
+        plan.name()
+    );
+    let metadata = HashMap::from([
+        ("tollgate_customer_id".to_owned(), customer.clone()),
+        ("tollgate_period_start".to_owned(), start.to_string()),
+        ("tollgate_overage_units".to_owned(), units.to_string()),
+    ]);
+    let item = gateway
+        .add_invoice_item(
+            stripe_customer,
+            invoice_id,
+            amount.to_cents(),
+            &description,
+            metadata,
+            &["overage", &customer, &start.to_string()],
+        )
+        .await?;
+    sqlx::query!(
+        "INSERT INTO overage_charges (customer_id, billing_period_start, billing_period_end,
+             plan_type, units, unit_rate, amount, stripe_invoice_id, stripe_invoice_item_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        customer,
+        period_start,
+        period_end,
+        plan.id().as_str(),
+        i64::try_from(units).map_err(|_| OverageError::Overflow)?,
+        rate.as_decimal(),
+        amount.as_decimal(),
+        invoice_id,
+        item
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(Some(OverageCharge {
+        customer_id: customer,
+        plan: plan.id().to_string(),
+        units,
+        amount,
+        invoice_item: item,
+    }))
+}
+
+/// The plan in effect at the end of the period ending at `end`.
+async fn period_plan<'c>(
+    gateway: &StripeGateway,
+    catalog: &'c Catalog,
+    subscription: &str,
+    end: i64,
+) -> Result<Option<&'c billing_model::Plan>, OverageError> {
+    let sub = RetrieveSubscription::new(subscription)
+        .send(gateway.client())
+        .await?;
+    let downgraded_from = sub
+        .metadata
+        .get(DOWNGRADE_FROM)
+        .zip(sub.metadata.get(DOWNGRADE_AT))
+        .and_then(|(plan, at)| Some((plan, at.parse::<i64>().ok()?)))
+        .filter(|(_, at)| *at >= end)
+        .map(|(plan, _)| plan.as_str());
+    let current = sub.items.data.first().and_then(|item| {
+        item.price
+            .lookup_key
+            .as_deref()
+            .and_then(|k| k.strip_prefix("tollgate_"))
+            .and_then(|k| k.strip_suffix("_monthly"))
+    });
+    Ok(downgraded_from
+        .or(current)
+        .and_then(|p| PlanId::parse(p).ok())
+        .and_then(|p| catalog.get(&p)))
+}
+
+/// Units the ledger holds for the period (raw records plus totals folded by retention).
+async fn period_usage(
+    tx: &mut Transaction<'_, Postgres>,
+    customer: &str,
+    period_start: OffsetDateTime,
+) -> Result<u64, sqlx::Error> {
+    let used = sqlx::query_scalar!(
+        r#"SELECT (COALESCE((SELECT SUM(quantity) FROM usage_records
+                             WHERE customer_id = $1 AND billing_period_start = $2), 0)
+                 + COALESCE((SELECT SUM(quantity) FROM usage_period_totals
+                             WHERE customer_id = $1 AND billing_period_start = $2), 0))::BIGINT
+              AS "used!""#,
+        customer,
+        period_start
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(u64::try_from(used).unwrap_or(0))
+}
