@@ -18,6 +18,9 @@ pub struct IngestOutcome {
     /// Credit customers whose balance changed (their entitlement must be republished).
     #[serde(skip)]
     pub credit_customers: Vec<CustomerId>,
+    /// Credits consumed by this batch, in cents.
+    #[serde(skip)]
+    pub credit_burned_cents: i64,
 }
 
 /// Stores a batch in one statement; events already stored are skipped by event id.
@@ -27,6 +30,7 @@ pub async fn ingest(pool: &PgPool, events: &[UsageEvent]) -> Result<IngestOutcom
             inserted: 0,
             duplicates: 0,
             credit_customers: Vec::new(),
+            credit_burned_cents: 0,
         });
     }
     let n = events.len();
@@ -78,12 +82,13 @@ pub async fn ingest(pool: &PgPool, events: &[UsageEvent]) -> Result<IngestOutcom
     for row in stored {
         *units.entry(row.customer_id).or_default() += u64::try_from(row.quantity).unwrap_or(0);
     }
-    let credit_customers = burn_credits(&mut tx, &units).await?;
+    let (credit_customers, credit_burned_cents) = burn_credits(&mut tx, &units).await?;
     tx.commit().await?;
     Ok(IngestOutcome {
         inserted,
         duplicates: n as u64 - inserted,
         credit_customers,
+        credit_burned_cents,
     })
 }
 
@@ -95,10 +100,11 @@ pub async fn ingest(pool: &PgPool, events: &[UsageEvent]) -> Result<IngestOutcom
 async fn burn_credits(
     tx: &mut Transaction<'_, Postgres>,
     units: &BTreeMap<String, u64>,
-) -> Result<Vec<CustomerId>, sqlx::Error> {
+) -> Result<(Vec<CustomerId>, i64), sqlx::Error> {
     if units.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
+    let mut burned = 0i64;
     let customers: Vec<String> = units.keys().cloned().collect();
     let credit_customers = sqlx::query_scalar!(
         r#"SELECT DISTINCT ON (customer_id) customer_id AS "customer_id!"
@@ -169,6 +175,7 @@ async fn burn_credits(
             tracing::error!(customer = %customer, short, "credit burndown: units consumed beyond the balance");
         }
         for (grant, amount) in &taken {
+            burned += amount.to_cents();
             sqlx::query!(
                 "UPDATE billing_credits SET used_amount = used_amount + $2, updated_at = now()
                  WHERE id = $1",
@@ -182,7 +189,7 @@ async fn burn_credits(
             changed.push(id);
         }
     }
-    Ok(changed)
+    Ok((changed, burned))
 }
 
 /// What is left on a customer's usable credit grants.

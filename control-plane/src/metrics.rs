@@ -6,8 +6,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::Arc;
 
@@ -31,6 +31,21 @@ pub struct Metrics {
     pub payments: IntCounterVec,
     /// Outbound notification attempts by outcome (delivered, failed).
     pub notifications: IntCounterVec,
+    // Business metrics. Gauges derived from PostgreSQL are refreshed by a job
+    // (`jobs::business`), never computed per scrape.
+    pub mrr_cents: IntGaugeVec,
+    pub active_subscriptions: IntGaugeVec,
+    pub period_usage_units: IntGaugeVec,
+    pub notification_backlog: IntGauge,
+    pub dependency_up: IntGaugeVec,
+    pub subscription_cancellations: IntCounterVec,
+    pub plan_changes: IntCounterVec,
+    pub free_to_paid_conversions: IntCounter,
+    pub overage_units_billed: IntCounter,
+    pub credit_purchased_cents: IntCounter,
+    pub credit_burned_cents: IntCounter,
+    /// Invoice created → paid, in Stripe's time.
+    pub invoice_payment_seconds: Histogram,
 }
 
 impl Metrics {
@@ -109,7 +124,104 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(notifications.clone()))?;
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| -> anyhow::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| -> anyhow::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let counter = |name: &str, help: &str| -> anyhow::Result<IntCounter> {
+            let c = IntCounter::with_opts(Opts::new(name, help))?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let mrr_cents = gauge_vec(
+            "mrr_cents",
+            "Monthly recurring revenue from active fixed-fee subscriptions, in cents, by plan",
+            &["plan"],
+        )?;
+        let active_subscriptions = gauge_vec(
+            "active_subscriptions",
+            "Subscriptions by plan, billing model and Stripe status (canceled excluded)",
+            &["plan", "billing_model", "status"],
+        )?;
+        let period_usage_units = gauge_vec(
+            "period_usage_units",
+            "Tickets used in customers' current billing periods, by plan",
+            &["plan"],
+        )?;
+        let notification_backlog = IntGauge::with_opts(Opts::new(
+            "notification_backlog",
+            "Outbound notifications not yet delivered",
+        ))?;
+        registry.register(Box::new(notification_backlog.clone()))?;
+        let dependency_up = gauge_vec(
+            "dependency_up",
+            "Whether PostgreSQL and Redis answered at the last check (1) or not (0)",
+            &["dependency"],
+        )?;
+        let subscription_cancellations = counter_vec(
+            "subscription_cancellations_total",
+            "Subscriptions that ended (churn), by plan",
+            &["plan"],
+        )?;
+        let plan_changes = counter_vec(
+            "plan_changes_total",
+            "Plan changes by direction (upgrade, downgrade)",
+            &["direction"],
+        )?;
+        let free_to_paid_conversions = counter(
+            "free_to_paid_conversions_total",
+            "Customers whose first paid subscription started",
+        )?;
+        let overage_units_billed = counter(
+            "overage_units_billed_total",
+            "Overage units added to renewal invoices",
+        )?;
+        let credit_purchased_cents = counter(
+            "credit_purchased_cents_total",
+            "Prepaid credits bought, in cents",
+        )?;
+        let credit_burned_cents = counter(
+            "credit_burned_cents_total",
+            "Prepaid credits consumed by usage, in cents",
+        )?;
+        let invoice_payment_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "invoice_payment_seconds",
+                "Time from an invoice's creation to its payment (Stripe's clock)",
+            )
+            .buckets(vec![
+                1.0,
+                10.0,
+                60.0,
+                600.0,
+                3600.0,
+                6.0 * 3600.0,
+                86_400.0,
+                3.0 * 86_400.0,
+                7.0 * 86_400.0,
+            ]),
+        )?;
+        registry.register(Box::new(invoice_payment_seconds.clone()))?;
         Ok(Self {
+            mrr_cents,
+            active_subscriptions,
+            period_usage_units,
+            notification_backlog,
+            dependency_up,
+            subscription_cancellations,
+            plan_changes,
+            free_to_paid_conversions,
+            overage_units_billed,
+            credit_purchased_cents,
+            credit_burned_cents,
+            invoice_payment_seconds,
             notifications,
             overage_billed_cents,
             stripe_reconcile_repairs,

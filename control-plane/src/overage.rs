@@ -12,7 +12,7 @@
 //! plan's included units and rate to the whole period's usage, as the proxy enforced
 //! it; a downgrade waiting for the period end still bills the plan paid for).
 
-use crate::stripe::{DOWNGRADE_AT, DOWNGRADE_FROM, GatewayError, StripeGateway};
+use crate::stripe::{DOWNGRADE_AT, DOWNGRADE_FROM, GatewayError, StripeGateway, Timed};
 use billing_model::{Catalog, Money, PlanId, overage_amount, overage_units};
 use serde_json::Value;
 use sqlx::{Postgres, Transaction};
@@ -175,6 +175,7 @@ async fn period_plan<'c>(
 ) -> Result<Option<&'c billing_model::Plan>, OverageError> {
     let sub = RetrieveSubscription::new(subscription)
         .send(gateway.client())
+        .timed(&gateway.api_seconds, "retrieve_subscription")
         .await?;
     let downgraded_from = sub
         .metadata

@@ -71,6 +71,12 @@ impl Application {
             )),
             None => None,
         };
+        if let Some(gateway) = &stripe {
+            metrics
+                .registry
+                .register(Box::new(gateway.api_seconds.clone()))
+                .context("registering the Stripe latency histogram")?;
+        }
         let webhooks = config.stripe.as_ref().map(|s| {
             Arc::new(crate::webhooks::WebhookSettings {
                 secrets: s.webhook_secrets.clone(),
@@ -166,6 +172,19 @@ impl Application {
                     .await;
                     if let Err(e) = run {
                         tracing::warn!(error = %e, "stripe reconciliation failed");
+                    }
+                }
+            },
+        ));
+        let state = self.state.clone();
+        tokio::spawn(crate::jobs::every(
+            std::time::Duration::from_secs(15),
+            stop.clone(),
+            move || {
+                let state = state.clone();
+                async move {
+                    if let Err(e) = crate::jobs::business::refresh(&state).await {
+                        tracing::warn!(error = %e, "business metrics refresh failed");
                     }
                 }
             },

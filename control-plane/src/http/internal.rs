@@ -77,6 +77,10 @@ async fn ingest(
         .usage_events_ingested
         .with_label_values(&["duplicate"])
         .inc_by(outcome.duplicates);
+    state
+        .metrics
+        .credit_burned_cents
+        .inc_by(u64::try_from(outcome.credit_burned_cents).unwrap_or(0));
     // Balance changes reach the proxies (their counters already enforce them; the
     // snapshot keeps the figures they show and seed from current).
     for customer in &outcome.credit_customers {

@@ -1,6 +1,7 @@
 //! Periodic jobs. Each runs on every replica's schedule but does its work only while it
 //! holds its PostgreSQL advisory lock, so one replica at a time does it.
 
+pub mod business;
 pub mod counters;
 pub mod dunning;
 pub mod retention;

@@ -9,6 +9,7 @@
 //! `tollgate_cp_stripe_reconcile_repairs_total`.
 
 use crate::http::AppState;
+use crate::stripe::Timed;
 use serde_json::{Value, json};
 use stripe_core::event::ListEvent;
 
@@ -58,7 +59,10 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<u64> {
         if let Some(a) = &after {
             request = request.starting_after(a.as_str());
         }
-        let page = request.send(gateway.client()).await?;
+        let page = request
+            .send(gateway.client())
+            .timed(&gateway.api_seconds, "list_events")
+            .await?;
         for event in &page.data {
             newest = newest.max(event.created);
             let object: Value =

@@ -62,7 +62,28 @@ pub struct StripeGateway {
     prices: RwLock<HashMap<String, PriceRef>>,
     /// Customers created by this deployment join this test clock (tests and demos).
     test_clock: Option<String>,
+    /// Stripe API latency by operation (registered with the control plane's metrics).
+    pub api_seconds: prometheus::HistogramVec,
 }
+
+/// Times a Stripe call into a histogram labelled with the operation.
+pub trait Timed: std::future::Future + Sized {
+    fn timed(
+        self,
+        histogram: &prometheus::HistogramVec,
+        operation: &'static str,
+    ) -> impl std::future::Future<Output = Self::Output> {
+        let histogram = histogram.with_label_values(&[operation]);
+        async move {
+            let started = std::time::Instant::now();
+            let out = self.await;
+            histogram.observe(started.elapsed().as_secs_f64());
+            out
+        }
+    }
+}
+
+impl<F: std::future::Future> Timed for F {}
 
 /// An idempotency key for `parts`: the same operation on the same inputs gets the same
 /// key, so Stripe replays instead of repeating it.
@@ -90,6 +111,15 @@ impl StripeGateway {
             client,
             prices: RwLock::new(HashMap::new()),
             test_clock: settings.test_clock.clone(),
+            api_seconds: prometheus::HistogramVec::new(
+                prometheus::HistogramOpts::new(
+                    "stripe_api_seconds",
+                    "Stripe API call latency by operation",
+                )
+                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                &["operation"],
+            )
+            .map_err(|_| GatewayError::Incomplete("metrics"))?,
         })
     }
 
@@ -106,6 +136,7 @@ impl StripeGateway {
             .lookup_keys(vec![key.to_owned()])
             .active(true)
             .send(&self.client)
+            .timed(&self.api_seconds, "price")
             .await?;
         let price = list
             .data
@@ -144,6 +175,7 @@ impl StripeGateway {
             .customize()
             .request_strategy(idempotency(&["customer", customer_id]))
             .send(&self.client)
+            .timed(&self.api_seconds, "create_customer")
             .await?;
         Ok(customer.id.as_str().to_owned())
     }
@@ -196,6 +228,7 @@ impl StripeGateway {
             .customize()
             .request_strategy(idempotency(&parts))
             .send(&self.client)
+            .timed(&self.api_seconds, "checkout")
             .await?;
         Ok(HostedSession {
             id: session.id.as_str().to_owned(),
@@ -213,6 +246,7 @@ impl StripeGateway {
             .customer(stripe_customer)
             .return_url(return_url)
             .send(&self.client)
+            .timed(&self.api_seconds, "portal")
             .await?;
         Ok(HostedSession {
             id: session.id.as_str().to_owned(),
@@ -258,6 +292,7 @@ impl StripeGateway {
                 ..CreatePreviewInvoiceSubscriptionDetails::new()
             })
             .send(&self.client)
+            .timed(&self.api_seconds, "preview_price_change")
             .await?;
         let (mut unused, mut remaining) = (0, 0);
         for line in &preview.lines.data {
@@ -302,6 +337,7 @@ impl StripeGateway {
                 &proration_date.to_string(),
             ]))
             .send(&self.client)
+            .timed(&self.api_seconds, "change_price_now")
             .await?;
         Ok(updated
             .latest_invoice
@@ -318,6 +354,7 @@ impl StripeGateway {
         UpdateSubscription::new(subscription)
             .cancel_at_period_end(cancel)
             .send(&self.client)
+            .timed(&self.api_seconds, "set_cancel_at_period_end")
             .await?;
         Ok(())
     }
@@ -329,6 +366,7 @@ impl StripeGateway {
             .customize()
             .request_strategy(idempotency(&["cancel", subscription]))
             .send(&self.client)
+            .timed(&self.api_seconds, "cancel_now")
             .await?;
         Ok(())
     }
@@ -341,6 +379,7 @@ impl StripeGateway {
         use stripe_billing::subscription::RetrieveSubscription;
         let sub = RetrieveSubscription::new(subscription)
             .send(&self.client)
+            .timed(&self.api_seconds, "subscription_item")
             .await?;
         let item = sub
             .items
@@ -372,6 +411,7 @@ impl StripeGateway {
         use stripe_core::customer::{RetrieveCustomer, RetrieveCustomerReturned};
         let customer = RetrieveCustomer::new(stripe_customer)
             .send(&self.client)
+            .timed(&self.api_seconds, "default_payment_method")
             .await?;
         let RetrieveCustomerReturned::Customer(customer) = customer else {
             return Ok(None);
@@ -408,6 +448,7 @@ impl StripeGateway {
             .customize()
             .request_strategy(idempotency(&parts))
             .send(&self.client)
+            .timed(&self.api_seconds, "create_subscription")
             .await?;
         Ok(sub.id.as_str().to_owned())
     }
@@ -452,6 +493,7 @@ impl StripeGateway {
                 &version.to_string(),
             ]))
             .send(&self.client)
+            .timed(&self.api_seconds, "set_price_from_next_period")
             .await?;
         Ok(())
     }
@@ -466,6 +508,7 @@ impl StripeGateway {
             .customize()
             .request_strategy(idempotency(&["cancel_prorated", subscription]))
             .send(&self.client)
+            .timed(&self.api_seconds, "cancel_now_prorated")
             .await?;
         Ok(())
     }
@@ -479,6 +522,7 @@ impl StripeGateway {
         let preview = CreatePreviewInvoice::new()
             .subscription(subscription)
             .send(&self.client)
+            .timed(&self.api_seconds, "upcoming_invoice")
             .await?;
         let at = preview
             .next_payment_attempt
@@ -513,6 +557,7 @@ impl StripeGateway {
             .customize()
             .request_strategy(idempotency(&parts))
             .send(&self.client)
+            .timed(&self.api_seconds, "add_invoice_item")
             .await?;
         Ok(item.id.as_str().to_owned())
     }

@@ -6,7 +6,7 @@
 //! current state. Applying any set of events in any order converges to what Stripe holds.
 
 use crate::http::AppState;
-use crate::stripe::GatewayError;
+use crate::stripe::{GatewayError, Timed};
 use billing_model::{CustomerId, PlanId};
 use serde_json::Value;
 use sqlx::{Postgres, Transaction};
@@ -164,6 +164,7 @@ async fn apply(
                         .metrics
                         .overage_billed_cents
                         .inc_by(u64::try_from(charge.amount.to_cents()).unwrap_or(0));
+                    state.metrics.overage_units_billed.inc_by(charge.units);
                     tracing::info!(customer = %charge.customer_id, units = charge.units,
                         amount = %charge.amount, "overage added to the renewal invoice");
                     Ok(None)
@@ -219,6 +220,7 @@ async fn sync_subscription(
     let fetched_at = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let sub = RetrieveSubscription::new(subscription_id)
         .send(gateway.client())
+        .timed(&gateway.api_seconds, "retrieve_subscription")
         .await?;
     let stripe_customer = sub.customer.id().as_str().to_owned();
     let Some(item) = sub.items.data.first() else {
@@ -274,7 +276,8 @@ async fn sync_subscription(
     let period_start = OffsetDateTime::from_unix_timestamp(item.current_period_start).ok();
     let period_end = OffsetDateTime::from_unix_timestamp(item.current_period_end).ok();
     let status = sub.status.as_str().to_owned();
-    let before = sqlx::query!(
+    let before = sqlx::query_as!(
+        Before,
         "SELECT plan_type, status FROM subscriptions WHERE stripe_subscription_id = $1",
         subscription_id
     )
@@ -289,8 +292,8 @@ async fn sync_subscription(
     )
     .execute(&mut **tx)
     .await?;
-    sqlx::query!(
-        "INSERT INTO subscriptions (customer_id, stripe_subscription_id, stripe_customer_id,
+    let stored = sqlx::query_scalar!(
+        r#"INSERT INTO subscriptions (customer_id, stripe_subscription_id, stripe_customer_id,
              plan_type, billing_model, status, current_period_start, current_period_end,
              cancel_at_period_end, stripe_state_at, pending_plan_type)
          VALUES ($1, $2, $3, $4, 'fixed_fee', $5, $6, $7, $8, $9, $10)
@@ -303,7 +306,8 @@ async fn sync_subscription(
              cancel_at_period_end = EXCLUDED.cancel_at_period_end,
              stripe_state_at = EXCLUDED.stripe_state_at,
              updated_at = now()
-         WHERE subscriptions.stripe_state_at <= EXCLUDED.stripe_state_at",
+         WHERE subscriptions.stripe_state_at <= EXCLUDED.stripe_state_at
+         RETURNING (xmax = 0) AS "inserted!""#,
         customer,
         subscription_id,
         stripe_customer,
@@ -315,11 +319,23 @@ async fn sync_subscription(
         fetched_at,
         pending.as_ref().map(PlanId::as_str)
     )
-    .execute(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await?;
+    // Whether this sync created the row (a concurrent sync that lost the race updates).
+    let created = stored == Some(true);
     if matches!(status.as_str(), "active" | "trialing" | "past_due") {
         expire_credits_on_switch(tx, &customer, subscription_id).await?;
     }
+    record_transition(
+        state,
+        tx,
+        &customer,
+        before.as_ref(),
+        created,
+        plan.as_str(),
+        &status,
+    )
+    .await?;
     if let Some(before) = before {
         use crate::notifications::{Kind, enqueue};
         if before.plan_type != plan.as_str() {
@@ -346,85 +362,115 @@ async fn sync_subscription(
     Ok(Some(customer_id))
 }
 
-/// Dunning: a failed payment opens (or keeps) the grace period — never shorter than the
-/// period already paid for; a paid invoice closes it.
+/// Dunning, from the invoice as Stripe holds it now (re-fetched, like subscriptions, so
+/// any delivery order converges): an unpaid invoice with failed attempts opens (or keeps)
+/// the grace period; a paid one closes it.
+///
+/// Grace counts from the failure as Stripe timed it (a test clock's time included) and
+/// never ends before the period already paid for (a renewal invoice's period ends where
+/// the unpaid period begins); with several failures the earliest one counts.
 async fn record_payment(
     state: &AppState,
     tx: &mut Transaction<'_, Postgres>,
     kind: &str,
     subscription_id: &str,
-    invoice: &Value,
+    event_invoice: &Value,
     failed_at: i64,
 ) -> Result<(), ApplyError> {
+    use stripe_billing::invoice::RetrieveInvoice;
+    let Some(invoice_id) = event_invoice["id"].as_str() else {
+        return Ok(());
+    };
+    let gateway = state
+        .stripe
+        .as_ref()
+        .ok_or(GatewayError::Incomplete("stripe settings"))?;
+    let invoice = RetrieveInvoice::new(invoice_id)
+        .send(gateway.client())
+        .timed(&gateway.api_seconds, "retrieve_invoice")
+        .await?;
+    let paid = invoice
+        .status
+        .as_ref()
+        .is_some_and(|s| s.as_str() == "paid");
     let grace = state
         .webhooks
         .as_ref()
         .map(|w| w.grace)
         .unwrap_or(time::Duration::days(7));
-    if kind == "invoice.paid" {
+    if paid {
+        if kind == "invoice.paid"
+            && let Some(paid_at) = invoice.status_transitions.paid_at
+        {
+            state
+                .metrics
+                .invoice_payment_seconds
+                .observe((paid_at - invoice.created).max(0) as f64);
+        }
         let recovered = sqlx::query!(
             "UPDATE subscriptions SET payment_failed_attempts = 0, next_payment_attempt = NULL,
                  grace_until = NULL, updated_at = now()
-             WHERE stripe_subscription_id = $1",
+             WHERE stripe_subscription_id = $1
+               AND (grace_until IS NOT NULL OR payment_failed_attempts > 0)",
             subscription_id
         )
         .execute(&mut **tx)
         .await?;
-        if recovered.rows_affected() > 0 && invoice["attempt_count"].as_i64().unwrap_or(1) > 1 {
-            state
-                .metrics
-                .payments
-                .with_label_values(&["recovered"])
-                .inc();
+        if invoice.attempt_count > 1 {
+            if recovered.rows_affected() > 0 {
+                state
+                    .metrics
+                    .payments
+                    .with_label_values(&["recovered"])
+                    .inc();
+            }
             if let Some(customer) = subscription_customer(tx, subscription_id).await? {
                 crate::notifications::enqueue(
                     &mut **tx,
                     &customer,
                     crate::notifications::Kind::PaymentRecovered,
-                    &format!("payment_recovered/{}", invoice["id"].as_str().unwrap_or("")),
-                    serde_json::json!({ "invoice": invoice["id"], "subscription": subscription_id }),
+                    &format!("payment_recovered/{invoice_id}"),
+                    serde_json::json!({ "invoice": invoice_id, "subscription": subscription_id }),
                 )
                 .await?;
             }
         }
         return Ok(());
     }
-    let attempts = invoice["attempt_count"].as_i64().unwrap_or(1) as i32;
-    let next = invoice["next_payment_attempt"]
-        .as_i64()
+    if kind == "invoice.paid" || invoice.attempt_count == 0 {
+        // Not paid after all (refunded, voided) or never attempted: nothing to record.
+        return Ok(());
+    }
+    let attempts = i32::try_from(invoice.attempt_count).unwrap_or(i32::MAX);
+    let next = invoice
+        .next_payment_attempt
         .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
-    // Grace counts from the failure as Stripe timed it (a test clock's time included),
-    // and never ends before the period already paid for: a renewal invoice's period
-    // ends where the unpaid period begins.
     if kind == "invoice.payment_failed" {
         state.metrics.payments.with_label_values(&["failed"]).inc();
-        if let Some(customer) = subscription_customer(tx, subscription_id).await? {
-            crate::notifications::enqueue(
-                &mut **tx,
-                &customer,
-                crate::notifications::Kind::PaymentFailed,
-                &format!("payment_failed/{}", invoice["id"].as_str().unwrap_or("")),
-                serde_json::json!({
-                    "invoice": invoice["id"], "subscription": subscription_id,
-                    "attempt_count": invoice["attempt_count"],
-                    "next_payment_attempt": invoice["next_payment_attempt"],
-                }),
-            )
-            .await?;
-        }
+    }
+    if let Some(customer) = subscription_customer(tx, subscription_id).await? {
+        crate::notifications::enqueue(
+            &mut **tx,
+            &customer,
+            crate::notifications::Kind::PaymentFailed,
+            &format!("payment_failed/{invoice_id}"),
+            serde_json::json!({
+                "invoice": invoice_id, "subscription": subscription_id,
+                "attempt_count": invoice.attempt_count,
+                "next_payment_attempt": invoice.next_payment_attempt,
+            }),
+        )
+        .await?;
     }
     let failed_at = OffsetDateTime::from_unix_timestamp(failed_at)
         .unwrap_or_else(|_| OffsetDateTime::now_utc());
-    let paid_until = invoice["period_end"]
-        .as_i64()
-        .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-        .unwrap_or(failed_at);
+    let paid_until = OffsetDateTime::from_unix_timestamp(invoice.period_end).unwrap_or(failed_at);
     let grace_end = (failed_at + grace).max(paid_until);
     sqlx::query!(
         "UPDATE subscriptions SET
              payment_failed_attempts = GREATEST(payment_failed_attempts, $2),
              next_payment_attempt = $3,
-             grace_until = COALESCE(grace_until, $4),
+             grace_until = LEAST(COALESCE(grace_until, $4), $4),
              updated_at = now()
          WHERE stripe_subscription_id = $1",
         subscription_id,
@@ -473,7 +519,7 @@ async fn grant_credits(
     )
     .execute(&mut **tx)
     .await?;
-    sqlx::query!(
+    let granted = sqlx::query!(
         "INSERT INTO billing_credits (customer_id, credit_amount, unit_price,
              stripe_checkout_session_id, stripe_payment_intent_id)
          VALUES ($1, $2, $3, $4, $5)
@@ -486,6 +532,12 @@ async fn grant_credits(
     )
     .execute(&mut **tx)
     .await?;
+    if granted.rows_affected() > 0 {
+        state
+            .metrics
+            .credit_purchased_cents
+            .inc_by(u64::try_from(total).unwrap_or(0));
+    }
     let anchor = OffsetDateTime::now_utc();
     sqlx::query!(
         "INSERT INTO subscriptions (customer_id, plan_type, billing_model, status,
@@ -566,4 +618,62 @@ async fn subscription_customer(
     )
     .fetch_optional(&mut **tx)
     .await
+}
+
+/// Churn, upgrades/downgrades and conversions, counted on the transition a sync stores.
+async fn record_transition(
+    state: &AppState,
+    tx: &mut Transaction<'_, Postgres>,
+    customer: &str,
+    before: Option<&Before>,
+    created: bool,
+    plan: &str,
+    status: &str,
+) -> Result<(), sqlx::Error> {
+    let m = &state.metrics;
+    match before {
+        Some(b) => {
+            if b.status != "canceled" && status == "canceled" {
+                m.subscription_cancellations
+                    .with_label_values(&[b.plan_type.as_str()])
+                    .inc();
+            }
+            if b.plan_type != plan {
+                let fee = |p: &str| {
+                    PlanId::parse(p)
+                        .ok()
+                        .and_then(|id| state.catalog.get(&id))
+                        .map(|p| p.monthly_fee().to_cents())
+                        .unwrap_or(0)
+                };
+                let direction = if fee(plan) > fee(&b.plan_type) {
+                    "upgrade"
+                } else {
+                    "downgrade"
+                };
+                m.plan_changes.with_label_values(&[direction]).inc();
+            }
+        }
+        None if created && matches!(status, "active" | "trialing") => {
+            let paid_before = sqlx::query_scalar!(
+                r#"SELECT COUNT(*) AS "n!" FROM subscriptions
+                   WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL"#,
+                customer
+            )
+            .fetch_one(&mut **tx)
+            .await?;
+            // The row just stored is the only paid one: the customer's first.
+            if paid_before <= 1 {
+                m.free_to_paid_conversions.inc();
+            }
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// The stored plan and status before a sync.
+struct Before {
+    plan_type: String,
+    status: String,
 }

@@ -160,7 +160,36 @@ async fn direct_subscribe_needs_a_saved_card_and_charges_it() {
         .stripe_get(&format!("/v1/invoices?customer={ds}&status=paid"))
         .await;
     assert_eq!(paid["data"][0]["amount_paid"], 19_900);
+    let view = app.get_as("ds", "/api/v1/billing/subscriptions").await;
+    assert_eq!(
+        view["next_invoice"]["subscription_amount"], "199.00",
+        "{view}"
+    );
+    assert_eq!(view["next_invoice"]["overage_so_far"], "0.00");
 
+    // The business gauges are refreshed by a job, then scraped.
+    tollgate_control_plane::jobs::business::refresh(&app.state)
+        .await
+        .unwrap();
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.metrics_address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tollgate_cp_mrr_cents{plan=\"premium\"} 19900",
+        "tollgate_cp_active_subscriptions{billing_model=\"fixed_fee\",plan=\"premium\",status=\"active\"} 1",
+        "tollgate_cp_free_to_paid_conversions_total 1",
+        "tollgate_cp_stripe_api_seconds_count{operation=\"create_subscription\"} 1",
+        "tollgate_cp_dependency_up{dependency=\"postgres\"} 1",
+        "tollgate_cp_dependency_up{dependency=\"redis\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
     let twice = post("ds", json!({"plan": "enterprise"})).await;
     assert_eq!(twice.status(), 409);
     assert_eq!(
@@ -407,6 +436,22 @@ async fn a_failed_renewal_keeps_the_plan_for_the_grace_period_then_falls_back_to
         old_snapshot["included_units"], 10,
         "Free limits after grace"
     );
+    // The moment a grace period runs out, the job tells the proxies (and the app).
+    sqlx::query("UPDATE subscriptions SET grace_until = now() - interval '1 minute' WHERE customer_id = 'old'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let published = tollgate_control_plane::jobs::dunning::run_once(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(published, 1);
+    assert_eq!(
+        tollgate_control_plane::jobs::dunning::run_once(&app.state)
+            .await
+            .unwrap(),
+        0,
+        "each expiry once"
+    );
 
     // The recent customer fixes their card; Stripe's retry succeeds: plan restored.
     let id = stripe_customer(&app, "recent").await;
@@ -440,6 +485,21 @@ async fn a_failed_renewal_keeps_the_plan_for_the_grace_period_then_falls_back_to
     )
     .await;
     assert_eq!(app.snapshot("old").await["plan"], "free");
+
+    // The ticket app hears of each: failures, the recovery and the fall back to Free.
+    let notes: Vec<(String, String)> =
+        sqlx::query_as("SELECT customer_id, kind FROM notification_outbox ORDER BY created_at")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let has = |c: &str, k: &str| notes.iter().any(|n| n.0 == c && n.1 == k);
+    assert!(
+        has("recent", "payment.failed") && has("old", "payment.failed"),
+        "{notes:?}"
+    );
+    assert!(has("recent", "payment.recovered"), "{notes:?}");
+    assert!(has("old", "plan.fell_back_to_free"), "{notes:?}");
+    assert!(!has("recent", "plan.fell_back_to_free"), "{notes:?}");
 }
 
 #[tokio::test]

@@ -268,3 +268,164 @@ async fn events_in_any_order_and_repeated_converge_to_stripes_state() {
         "old events replayed late never overwrite Stripe's current state"
     );
 }
+
+type StoredState = (
+    String,
+    String,
+    bool,
+    Option<time::OffsetDateTime>,
+    i32,
+    Option<time::OffsetDateTime>,
+);
+
+async fn stored_state(app: &crate::helpers::TestApp, customer: &str) -> StoredState {
+    sqlx::query_as(
+        "SELECT plan_type, status, cancel_at_period_end, grace_until, payment_failed_attempts,
+                current_period_end
+         FROM subscriptions WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL",
+    )
+    .bind(customer)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+/// Property: a subscription's whole life (created, updated ×3 or more, payment_failed,
+/// paid, deleted), delivered in any order, leaves the same stored state as delivered in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_permutation_of_a_subscriptions_events_converges_to_the_same_state() {
+    use proptest::prelude::*;
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let clock = app.customer_on_clock("perm", now()).await;
+    let sub = app.subscribe_via_checkout("perm", "premium").await;
+    for flag in ["true", "false"] {
+        app.stripe_post(
+            &format!("/v1/subscriptions/{sub}"),
+            &[("cancel_at_period_end", flag)],
+        )
+        .await;
+    }
+    let stripe_customer: String =
+        sqlx::query_scalar("SELECT stripe_customer_id FROM customers WHERE customer_id = 'perm'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let fail_path = format!("/v1/test_helpers/customers/{stripe_customer}/fail_payments");
+    app.stripe_post(&fail_path, &[("fail", "true")]).await;
+    let end: i64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM current_period_end)::BIGINT FROM subscriptions WHERE customer_id = 'perm'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    app.advance(&clock, end + 2 * 3600).await;
+    app.eventually(
+        "the failure",
+        "SELECT status = 'past_due' FROM subscriptions WHERE customer_id = 'perm'",
+    )
+    .await;
+    app.stripe_post(&fail_path, &[("fail", "false")]).await;
+    app.advance(&clock, end + 4 * 86_400).await;
+    app.eventually(
+        "the recovery",
+        "SELECT status = 'active' AND grace_until IS NULL FROM subscriptions WHERE customer_id = 'perm'",
+    )
+    .await;
+    let r = app
+        .http
+        .delete(format!(
+            "{}/v1/subscriptions/{sub}",
+            app.stripe.as_ref().unwrap().url
+        ))
+        .bearer_auth(crate::helpers::STRIPE_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    app.eventually(
+        "the deletion",
+        "SELECT status = 'canceled' FROM subscriptions WHERE customer_id = 'perm'",
+    )
+    .await;
+    app.eventually(
+        "every event applied",
+        "SELECT bool_and(applied_at IS NOT NULL) FROM stripe_events",
+    )
+    .await;
+    let baseline = stored_state(&app, "perm").await;
+    assert_eq!(baseline.1, "canceled");
+
+    let wanted = [
+        "checkout.session.completed",
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+        "invoice.payment_failed",
+        "invoice.paid",
+    ];
+    let events: Vec<Value> = app.stripe_get("/v1/events?limit=100").await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| wanted.contains(&e["type"].as_str().unwrap()))
+        .cloned()
+        .collect();
+    let count = |t: &str| events.iter().filter(|e| e["type"] == t).count();
+    assert!(
+        count("customer.subscription.updated") >= 3,
+        "{}",
+        count("customer.subscription.updated")
+    );
+    for t in [
+        "customer.subscription.created",
+        "invoice.payment_failed",
+        "invoice.paid",
+        "customer.subscription.deleted",
+    ] {
+        assert!(count(t) >= 1, "{t}");
+    }
+
+    let handle = tokio::runtime::Handle::current();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 8,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let round = std::sync::atomic::AtomicUsize::new(0);
+    runner
+        .run(&Just(events.clone()).prop_shuffle(), |permutation| {
+            let n = round.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let state = tokio::task::block_in_place(|| {
+                handle.block_on(async {
+                    sqlx::query("DELETE FROM subscriptions WHERE customer_id = 'perm'")
+                        .execute(&app.pool)
+                        .await
+                        .unwrap();
+                    sqlx::query("DELETE FROM stripe_events")
+                        .execute(&app.pool)
+                        .await
+                        .unwrap();
+                    for e in &permutation {
+                        let mut e = e.clone();
+                        e["id"] = json!(format!("{}_p{n}", e["id"].as_str().unwrap()));
+                        let body = e.to_string();
+                        let r = app
+                            .deliver(&body, Some(sign(body.as_bytes(), WEBHOOK_SECRET, now())))
+                            .await;
+                        assert_eq!(r.status(), 200);
+                    }
+                    app.eventually(
+                        "the permutation applied",
+                        "SELECT bool_and(applied_at IS NOT NULL) FROM stripe_events",
+                    )
+                    .await;
+                    stored_state(&app, "perm").await
+                })
+            });
+            prop_assert_eq!(&state, &baseline);
+            Ok(())
+        })
+        .unwrap();
+}
