@@ -603,6 +603,7 @@ impl ProxyHttp for TollgateProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         tracing::debug!(
             request_id = %ctx.request_id,
+            customer = ctx.admission.as_ref().map(|a| a.customer.as_str()).unwrap_or(""),
             route_class = ctx.class.map(|c| c.label()).unwrap_or("none"),
             status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0),
             error = e.map(|e| e.to_string()),

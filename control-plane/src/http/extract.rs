@@ -89,6 +89,7 @@ impl FromRequestParts<super::AppState> for AuthenticatedCustomer {
             .identity
             .verify(token.trim())
             .map_err(|_| ApiError::Unauthorized("invalid or expired token"))?;
+        tracing::Span::current().record("customer", customer.as_str());
         // Only verified customers spend budget, so a stranger cannot exhaust another's.
         if let Err(not_until) = state.rate_limit.check_key(&customer.to_string()) {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(

@@ -137,6 +137,28 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .expose_headers([header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(600));
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::trace::{DefaultOnResponse, TraceLayer};
+    // One span per request: its id (the caller's `x-request-id` or a new one, echoed in
+    // the response) and, once authenticated, the customer. Paths only: query strings
+    // may carry URLs the customer chose.
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &axum::http::Request<_>| {
+            let request_id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!(
+                "request",
+                request_id = %request_id,
+                method = %req.method(),
+                path = %req.uri().path(),
+                customer = tracing::field::Empty,
+            )
+        })
+        .on_request(())
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
     let (routes, _) = api();
     routes
         .fallback(|| async { error::ApiError::NotFound })
@@ -146,5 +168,8 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             std::time::Duration::from_secs(settings.request_timeout_seconds.max(1)),
         ))
         .layer(cors)
+        .layer(trace)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
