@@ -52,6 +52,10 @@ pub struct ControlPlaneSettings {
     /// end of the period already paid for).
     #[serde(default = "default_grace_days")]
     pub payment_grace_days: u32,
+    /// Inbox workers applying Stripe events concurrently (each event is re-fetched from
+    /// Stripe, so this bounds the rate; order does not matter, see the webhook module).
+    #[serde(default = "default_webhook_workers")]
+    pub webhook_workers: u32,
     /// How often Stripe's event list is compared with the webhook inbox, in seconds.
     #[serde(default = "default_stripe_reconcile_interval")]
     pub stripe_reconcile_interval_seconds: u64,
@@ -94,6 +98,10 @@ impl Default for HttpSettings {
 
 fn default_grace_days() -> u32 {
     7
+}
+
+fn default_webhook_workers() -> u32 {
+    4
 }
 
 fn default_stripe_reconcile_interval() -> u64 {

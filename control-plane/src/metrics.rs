@@ -69,14 +69,14 @@ impl Metrics {
         registry.register(Box::new(usage_events_ingested.clone()))?;
         let counter_drift_units = IntGaugeVec::new(
             Opts::new(
-                "usage_counter_drift_units",
+                "usage_redis_drift_units",
                 "Units the Redis usage counters differ from the ledger at the last reconciliation, by direction",
             ),
             &["direction"],
         )?;
         registry.register(Box::new(counter_drift_units.clone()))?;
         let counter_repairs = IntCounter::with_opts(Opts::new(
-            "usage_counter_repairs_total",
+            "usage_redis_repairs_total",
             "Redis usage counters raised to the ledger by reconciliation",
         ))?;
         registry.register(Box::new(counter_repairs.clone()))?;
@@ -234,6 +234,66 @@ impl Metrics {
             webhook_events,
             webhook_apply_seconds,
         })
+    }
+
+    /// Creates every labelled series that is known in advance, at zero, so each metric
+    /// family is exported from the first scrape (dashboards, alerts and `increase()` see
+    /// the first event) — not only after its first observation.
+    pub fn preset(
+        &self,
+        plans: &[&str],
+        stripe_operations: &[&str],
+        gateway: Option<&prometheus::HistogramVec>,
+    ) {
+        for outcome in ["inserted", "duplicate"] {
+            self.usage_events_ingested.with_label_values(&[outcome]);
+        }
+        for direction in ["redis_behind", "redis_ahead"] {
+            self.counter_drift_units.with_label_values(&[direction]);
+        }
+        for kind in crate::jobs::stripe_sync::HANDLED_TYPES {
+            for outcome in ["received", "duplicate", "applied", "ignored"] {
+                self.webhook_events.with_label_values(&[kind, outcome, ""]);
+            }
+            self.webhook_events
+                .with_label_values(&[kind, "failed", "stripe"]);
+        }
+        for code in [
+            "missing_signature",
+            "malformed_signature",
+            "invalid_signature",
+            "timestamp_outside_tolerance",
+            "malformed_payload",
+        ] {
+            self.webhook_events
+                .with_label_values(&["unknown", "rejected", code]);
+        }
+        for outcome in ["failed", "recovered"] {
+            self.payments.with_label_values(&[outcome]);
+        }
+        for outcome in ["delivered", "failed"] {
+            self.notifications.with_label_values(&[outcome]);
+        }
+        for direction in ["upgrade", "downgrade"] {
+            self.plan_changes.with_label_values(&[direction]);
+        }
+        for dependency in ["postgres", "redis"] {
+            self.dependency_up.with_label_values(&[dependency]);
+        }
+        for plan in plans {
+            self.subscription_cancellations.with_label_values(&[plan]);
+            self.mrr_cents.with_label_values(&[plan]);
+            self.period_usage_units.with_label_values(&[plan]);
+            for model in ["fixed_fee", "credit_burndown"] {
+                self.active_subscriptions
+                    .with_label_values(&[plan, model, "active"]);
+            }
+        }
+        if let Some(histogram) = gateway {
+            for operation in stripe_operations {
+                histogram.with_label_values(&[operation]);
+            }
+        }
     }
 
     pub fn render(&self) -> String {

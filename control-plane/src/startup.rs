@@ -22,6 +22,7 @@ pub struct Application {
     retention_days: u32,
     http: crate::config::HttpSettings,
     stripe_reconcile_interval: u64,
+    webhook_workers: u32,
 }
 
 impl Application {
@@ -77,6 +78,12 @@ impl Application {
                 .register(Box::new(gateway.api_seconds.clone()))
                 .context("registering the Stripe latency histogram")?;
         }
+        let plan_ids: Vec<&str> = catalog.iter().map(|p| p.id().as_str()).collect();
+        metrics.preset(
+            &plan_ids,
+            crate::stripe::OPERATIONS,
+            stripe.as_ref().map(|g| &g.api_seconds),
+        );
         let webhooks = config.stripe.as_ref().map(|s| {
             Arc::new(crate::webhooks::WebhookSettings {
                 secrets: s.webhook_secrets.clone(),
@@ -110,6 +117,7 @@ impl Application {
             retention_days: config.control_plane.usage_retention_days,
             http: config.control_plane.http.clone(),
             stripe_reconcile_interval: config.control_plane.stripe_reconcile_interval_seconds,
+            webhook_workers: config.control_plane.webhook_workers,
         })
     }
 
@@ -150,10 +158,12 @@ impl Application {
                 }
             }
         }));
-        tokio::spawn(crate::webhooks::run_worker(
-            self.state.clone(),
-            stop.clone(),
-        ));
+        for _ in 0..self.webhook_workers.max(1) {
+            tokio::spawn(crate::webhooks::run_worker(
+                self.state.clone(),
+                stop.clone(),
+            ));
+        }
         tokio::spawn(crate::notifications::run_delivery(
             self.state.clone(),
             stop.clone(),
@@ -237,6 +247,10 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        // Gauges hold real figures from the first scrape.
+        if let Err(e) = crate::jobs::business::refresh(&self.state).await {
+            tracing::warn!(error = %e, "business metrics refresh failed");
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         self.spawn_jobs(stop_rx.clone());
         let metrics_app = metrics::router(self.state.metrics.clone());

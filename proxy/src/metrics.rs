@@ -28,6 +28,54 @@ pub struct ProxyMetrics {
 
 impl ProxyMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self::create(registry)?;
+        metrics.preset();
+        Ok(metrics)
+    }
+
+    /// Creates every labelled series known in advance, at zero, so each family is
+    /// exported from the first scrape and `increase()` sees the first event.
+    fn preset(&self) {
+        for class in ["metered", "chat", "unmetered"] {
+            self.added_latency.with_label_values(&[class]);
+            for outcome in [
+                "admitted",
+                "admitted_overage",
+                "refused_limit",
+                "refused_credits",
+                "refused_payment",
+                "refused_chat",
+                "refused_from_memory",
+                "unauthorized",
+                "entitlement_unavailable",
+                "fail_open",
+                "fail_closed",
+                "passthrough",
+            ] {
+                self.decisions.with_label_values(&[class, outcome]);
+            }
+        }
+        for op in ["reserve", "chat_check"] {
+            self.redis_seconds.with_label_values(&[op]);
+            for kind in ["timeout", "error"] {
+                self.redis_errors.with_label_values(&[op, kind]);
+            }
+        }
+        for result in ["hit", "miss"] {
+            self.cache_lookups.with_label_values(&[result]);
+        }
+        for outcome in ["ok", "error"] {
+            self.fills.with_label_values(&[outcome]);
+        }
+        for outcome in ["applied", "gap", "malformed"] {
+            self.updates.with_label_values(&[outcome]);
+        }
+        for outcome in ["inserted", "duplicate"] {
+            self.usage_shipped.with_label_values(&[outcome]);
+        }
+    }
+
+    fn create(registry: &Registry) -> prometheus::Result<Self> {
         let ns = "tollgate_proxy";
         let counter_vec =
             |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {

@@ -16,14 +16,20 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `target/<profile>` of the running test binary: cargo puts every workspace binary there.
+/// Where the workspace binaries are: `TOLLGATE_BIN_DIR`, else `target/<profile>` of the
+/// running binary (a test binary lives in `target/<profile>/deps`, a tool such as the
+/// benchmark harness in `target/<profile>` itself).
 pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/e2e-<hash>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf()
+    if let Some(dir) = std::env::var_os("TOLLGATE_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("own binary path");
+    let dir = exe.parent().expect("a binary lives in a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target/<profile>/deps").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -35,6 +41,14 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The harness's own `TOLLGATE_*` variables are not configuration: the binaries reject
+/// unknown `TOLLGATE_` keys, so they are removed from a child's environment.
+pub fn harness_env_removed(cmd: &mut Command) -> &mut Command {
+    cmd.env_remove("TOLLGATE_BIN_DIR")
+        .env_remove("TOLLGATE_TEST_PG")
+        .env_remove("TOLLGATE_TEST_REDIS")
 }
 
 /// A port nobody listens on right now.
@@ -121,7 +135,7 @@ impl Process {
         let log = log_dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
-        let child = cmd
+        let child = harness_env_removed(cmd)
             .current_dir(workspace_root())
             .stdin(Stdio::null())
             .stdout(out)
@@ -506,7 +520,7 @@ impl Stack {
     /// A bearer token for `customer`, from the control plane's `token` subcommand (the
     /// same way the demo gets one).
     pub fn token(&self, customer: &str) -> anyhow::Result<String> {
-        let out = Command::new(binary("tollgate-control-plane")?)
+        let out = harness_env_removed(&mut Command::new(binary("tollgate-control-plane")?))
             .arg("--config")
             .arg(&self.config)
             .args(["token", "--customer", customer])

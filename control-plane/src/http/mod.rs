@@ -160,8 +160,28 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .on_request(())
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
     let (routes, _) = api();
+    let metrics = state.metrics.clone();
     routes
         .fallback(|| async { error::ApiError::NotFound })
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let metrics = metrics.clone();
+                async move {
+                    // The route template, never the raw path (bounded label values).
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_else(|| "unmatched".to_owned());
+                    let response = next.run(req).await;
+                    metrics
+                        .http_requests
+                        .with_label_values(&[&route, response.status().as_str()])
+                        .inc();
+                    response
+                }
+            },
+        ))
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -38,6 +38,11 @@ pub async fn refresh(state: &AppState) -> anyhow::Result<()> {
     m.mrr_cents.reset();
     for plan in state.catalog.iter() {
         m.mrr_cents.with_label_values(&[plan.id().as_str()]).set(0);
+        for model in ["fixed_fee", "credit_burndown"] {
+            m.active_subscriptions
+                .with_label_values(&[plan.id().as_str(), model, "active"])
+                .set(0);
+        }
     }
     for r in &rows {
         m.active_subscriptions
@@ -72,6 +77,11 @@ pub async fn refresh(state: &AppState) -> anyhow::Result<()> {
     .fetch_all(&state.pool)
     .await?;
     m.period_usage_units.reset();
+    for plan in state.catalog.iter() {
+        m.period_usage_units
+            .with_label_values(&[plan.id().as_str()])
+            .set(0);
+    }
     for u in &usage {
         m.period_usage_units
             .with_label_values(&[&u.plan])

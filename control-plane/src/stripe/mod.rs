@@ -85,6 +85,28 @@ pub trait Timed: std::future::Future + Sized {
 
 impl<F: std::future::Future> Timed for F {}
 
+/// Every operation label of `tollgate_cp_stripe_api_seconds`.
+pub const OPERATIONS: &[&str] = &[
+    "price",
+    "create_customer",
+    "checkout",
+    "portal",
+    "preview_price_change",
+    "change_price_now",
+    "set_cancel_at_period_end",
+    "cancel_now",
+    "subscription_item",
+    "default_payment_method",
+    "create_subscription",
+    "set_price_from_next_period",
+    "cancel_now_prorated",
+    "upcoming_invoice",
+    "add_invoice_item",
+    "retrieve_subscription",
+    "retrieve_invoice",
+    "list_events",
+];
+
 /// An idempotency key for `parts`: the same operation on the same inputs gets the same
 /// key, so Stripe replays instead of repeating it.
 pub fn idempotency(parts: &[&str]) -> RequestStrategy {
