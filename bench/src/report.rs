@@ -59,7 +59,11 @@ pub struct Webhooks {
     pub events: u64,
     pub applied_per_second: f64,
     pub receive_p99_ms: f64,
+    /// Applying one event (re-fetch from Stripe + transaction), from the control plane's
+    /// histogram: the upper bound of the bucket holding the 99th percentile.
     pub apply_p99_ms: f64,
+    /// Receipt to applied, including the time queued behind earlier events.
+    pub end_to_end_p99_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,8 +86,11 @@ pub struct Drill {
     pub name: String,
     pub client_2xx: u64,
     pub ledger: i64,
+    /// 2xx responses the clients saw with no ledger record (must be 0).
     pub lost: i64,
-    pub duplicated: i64,
+    /// Ledger records without a 2xx at the client: the upstream created the ticket but the
+    /// response died with the killed process (billed; at most the requests in flight).
+    pub billed_unanswered: i64,
     /// Units admitted beyond the customers' balances (what the failure policy allowed).
     pub over_limit: i64,
     /// From the restart until the first success.
@@ -105,8 +112,8 @@ impl Report {
         failed.extend(
             self.drills
                 .iter()
-                .filter(|d| d.lost != 0 || d.duplicated != 0)
-                .map(|d| format!("drill lost or duplicated usage: {}", d.name)),
+                .filter(|d| d.lost != 0 || d.billed_unanswered < 0 || d.billed_unanswered > 16)
+                .map(|d| format!("drill lost or over-counted usage: {}", d.name)),
         );
         failed
     }
@@ -155,7 +162,7 @@ impl Report {
             ));
         }
         if !self.drills.is_empty() {
-            md.push_str("\n| drill | client 2xx | ledger | lost | duplicated | over limit | refused | errors | recovery ms |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+            md.push_str("\n| drill | client 2xx | ledger | lost | billed, response lost in the crash | over limit | refused | errors | recovery ms |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
             for d in &self.drills {
                 md.push_str(&format!(
                     "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -163,7 +170,7 @@ impl Report {
                     d.client_2xx,
                     d.ledger,
                     d.lost,
-                    d.duplicated,
+                    d.billed_unanswered,
                     d.over_limit,
                     d.refused_during,
                     d.errors_during,

@@ -1,3 +1,6 @@
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use billing_model::settings::LogFormat;
 use clap::Parser;
 use std::path::PathBuf;

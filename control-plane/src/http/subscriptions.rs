@@ -287,7 +287,11 @@ async fn change(
                 .ok_or_else(no_subscription)?;
             let gateway = gateway(&state)?;
             gateway
-                .set_cancel_at_period_end(&current.stripe_subscription_id, cancel)
+                .set_cancel_at_period_end(
+                    &current.stripe_subscription_id,
+                    cancel,
+                    current.stripe_state_at,
+                )
                 .await?;
             resync(&state, &current.stripe_subscription_id).await?;
             json!({})
@@ -386,7 +390,9 @@ async fn change_plan(
     let gateway = gateway(state)?;
     let sub = current.stripe_subscription_id.as_str();
     if is_free(state, target) {
-        gateway.set_cancel_at_period_end(sub, true).await?;
+        gateway
+            .set_cancel_at_period_end(sub, true, current.stripe_state_at)
+            .await?;
         resync(state, sub).await?;
         return Ok(json!({ "change": "cancel_at_period_end" }));
     }
@@ -502,7 +508,9 @@ async fn cancel(
     if q.immediately {
         gateway.cancel_now(sub).await?;
     } else {
-        gateway.set_cancel_at_period_end(sub, true).await?;
+        gateway
+            .set_cancel_at_period_end(sub, true, current.stripe_state_at)
+            .await?;
     }
     resync(&state, sub).await?;
     state.publisher.publish(&customer).await?;

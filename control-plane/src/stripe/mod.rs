@@ -371,10 +371,18 @@ impl StripeGateway {
         &self,
         subscription: &str,
         cancel: bool,
+        version: i64,
     ) -> Result<(), GatewayError> {
         use stripe_billing::subscription::UpdateSubscription;
         UpdateSubscription::new(subscription)
             .cancel_at_period_end(cancel)
+            .customize()
+            .request_strategy(idempotency(&[
+                "cancel_at_period_end",
+                subscription,
+                if cancel { "1" } else { "0" },
+                &version.to_string(),
+            ]))
             .send(&self.client)
             .timed(&self.api_seconds, "set_cancel_at_period_end")
             .await?;

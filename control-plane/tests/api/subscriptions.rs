@@ -23,6 +23,27 @@ async fn an_upgrade_is_immediate_and_the_preview_equals_the_invoice_to_the_cent(
     let app = spawn_app_with_stripe_webhooks().await;
     app.sync_catalog().await;
     let sub = subscribed(&app, "up", "premium").await;
+    // 120 tickets this period: 20 over Premium's 100 before the upgrade.
+    let before = app.snapshot("up").await;
+    let events: Vec<Value> = (0..120)
+        .map(|_| {
+            json!({
+                "event_id": uuid::Uuid::now_v7(), "customer_id": "up",
+                "usage_type": "ticket_creation", "quantity": 1,
+                "occurred_at": before["period_start"], "period_start": before["period_start"],
+                "period_end": before["period_end"],
+            })
+        })
+        .collect();
+    let ingested = app
+        .http
+        .post(app.url("/internal/v1/usage/batch"))
+        .bearer_auth(&app.service_token)
+        .json(&json!({ "events": events }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ingested.status(), 200);
     let r = patch(&app, "up", json!({"plan": "enterprise"})).await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
@@ -50,6 +71,12 @@ async fn an_upgrade_is_immediate_and_the_preview_equals_the_invoice_to_the_cent(
     assert!(t > 39_000.0 && t <= 40_000.0, "{t}");
     let snapshot = app.snapshot("up").await;
     assert_eq!(snapshot["included_units"], 400);
+    // The period and its usage carry over; Enterprise's allowance applies from now on.
+    assert_eq!(snapshot["period_start"], before["period_start"]);
+    assert_eq!(snapshot["units_used"], 120);
+    let usage = app.get_as("up", "/api/v1/billing/usage").await;
+    assert_eq!(usage["remaining"], 280);
+    assert_eq!(usage["overage_amount"], "0.00");
     let stripe_sub = app.stripe_get(&format!("/v1/subscriptions/{sub}")).await;
     assert_eq!(
         stripe_sub["items"]["data"][0]["price"]["lookup_key"],
