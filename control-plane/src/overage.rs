@@ -12,7 +12,7 @@
 //! plan's included units and rate to the whole period's usage, as the proxy enforced
 //! it; a downgrade waiting for the period end still bills the plan paid for).
 
-use crate::stripe::{DOWNGRADE_AT, DOWNGRADE_FROM, GatewayError, StripeGateway, Timed};
+use crate::stripe::{DOWNGRADE_AT, DOWNGRADE_FROM, GatewayError, ItemTarget, StripeGateway, Timed};
 use billing_model::{Catalog, Money, PlanId, overage_amount, overage_units};
 use serde_json::Value;
 use sqlx::{Postgres, Transaction};
@@ -39,6 +39,9 @@ impl From<stripe::StripeError> for OverageError {
 /// What was billed for one period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverageCharge {
+    /// The draft invoice the item joined, or `next:<subscription>` when the draft had
+    /// been finalized and the item waits for the next invoice.
+    pub billed_on: String,
     pub customer_id: String,
     pub plan: String,
     pub units: u64,
@@ -131,10 +134,23 @@ pub async fn bill_renewal_draft(
         ("tollgate_period_start".to_owned(), start.to_string()),
         ("tollgate_overage_units".to_owned(), units.to_string()),
     ]);
+    // The draft is open for about an hour; a worker that gets here later (a backlog, an
+    // outage) bills the same amount on the subscription's next invoice instead.
+    let still_draft = gateway.invoice_status(invoice_id).await?.as_deref() == Some("draft");
+    let (target, billed_on) = if still_draft {
+        (ItemTarget::Draft(invoice_id), invoice_id.to_owned())
+    } else {
+        tracing::warn!(invoice = invoice_id, customer = %customer,
+            "renewal draft already finalized: overage goes on the next invoice");
+        (
+            ItemTarget::NextInvoice(subscription),
+            format!("next:{subscription}"),
+        )
+    };
     let item = gateway
         .add_invoice_item(
             stripe_customer,
-            invoice_id,
+            target,
             amount.to_cents(),
             &description,
             metadata,
@@ -152,12 +168,13 @@ pub async fn bill_renewal_draft(
         i64::try_from(units).map_err(|_| OverageError::Overflow)?,
         rate.as_decimal(),
         amount.as_decimal(),
-        invoice_id,
+        billed_on,
         item
     )
     .execute(&mut **tx)
     .await?;
     Ok(Some(OverageCharge {
+        billed_on,
         customer_id: customer,
         plan: plan.id().to_string(),
         units,

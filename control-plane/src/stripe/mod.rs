@@ -563,12 +563,14 @@ impl StripeGateway {
 }
 
 impl StripeGateway {
-    /// Adds a one-off charge to a draft invoice. The key names the charge (customer and
-    /// usage period), so a rerun after a crash gets Stripe's replay, never a second item.
+    /// Adds a one-off charge to a draft invoice, or — with [`ItemTarget::NextInvoice`] —
+    /// leaves it pending for the subscription's next invoice. The key names the charge
+    /// (customer and usage period), so a rerun after a crash gets Stripe's replay, never a
+    /// second item.
     pub async fn add_invoice_item(
         &self,
         stripe_customer: &str,
-        invoice: &str,
+        target: ItemTarget<'_>,
         amount_cents: i64,
         description: &str,
         metadata: HashMap<String, String>,
@@ -577,9 +579,15 @@ impl StripeGateway {
         use stripe_billing::invoice_item::CreateInvoiceItem;
         let mut parts = vec!["invoice_item", stripe_customer];
         parts.extend_from_slice(key_parts);
-        let item = CreateInvoiceItem::new()
-            .customer(stripe_customer)
-            .invoice(invoice)
+        let mut request = CreateInvoiceItem::new().customer(stripe_customer);
+        request = match target {
+            ItemTarget::Draft(invoice) => request.invoice(invoice),
+            ItemTarget::NextInvoice(subscription) => {
+                parts.push("next_invoice");
+                request.subscription(subscription)
+            }
+        };
+        let item = request
             .amount(amount_cents)
             .currency(stripe_types::Currency::USD)
             .description(description)
@@ -590,5 +598,26 @@ impl StripeGateway {
             .timed(&self.api_seconds, "add_invoice_item")
             .await?;
         Ok(item.id.as_str().to_owned())
+    }
+}
+
+/// Where a one-off charge goes.
+#[derive(Debug, Clone, Copy)]
+pub enum ItemTarget<'a> {
+    /// This draft invoice.
+    Draft(&'a str),
+    /// The subscription's next invoice (the draft was finalized before we got to it).
+    NextInvoice(&'a str),
+}
+
+impl StripeGateway {
+    /// An invoice's status now (`draft`, `open`, `paid`, ...).
+    pub async fn invoice_status(&self, invoice: &str) -> Result<Option<String>, GatewayError> {
+        use stripe_billing::invoice::RetrieveInvoice;
+        let invoice = RetrieveInvoice::new(invoice)
+            .send(&self.client)
+            .timed(&self.api_seconds, "retrieve_invoice")
+            .await?;
+        Ok(invoice.status.map(|s| s.as_str().to_owned()))
     }
 }

@@ -57,12 +57,13 @@ pub async fn run_worker(state: AppState, mut stop: tokio::sync::watch::Receiver<
     }
 }
 
-/// Applies the oldest pending event; `false` when none is pending.
+/// Applies the oldest pending event that is due; `false` when none is.
 pub async fn apply_next(state: &AppState) -> anyhow::Result<bool> {
     let mut tx = state.pool.begin().await?;
     let Some(event) = sqlx::query!(
-        "SELECT event_id, event_type, payload, received_at, stripe_created FROM stripe_events
-         WHERE applied_at IS NULL
+        "SELECT event_id, event_type, payload, received_at, stripe_created, attempts
+         FROM stripe_events
+         WHERE applied_at IS NULL AND next_attempt_at <= now()
          ORDER BY received_at
          LIMIT 1
          FOR UPDATE SKIP LOCKED"
@@ -86,14 +87,29 @@ pub async fn apply_next(state: &AppState) -> anyhow::Result<bool> {
         Ok(Some(customer)) => ("applied", Some(customer)),
         Ok(None) => ("ignored", None),
         Err(ApplyError::Stripe(e)) => {
-            // Leave it pending: Stripe is unreachable or refused; the next pass retries.
+            // Leave it pending and retry it later with backoff (1 s doubling, at most
+            // 5 min): Stripe is unreachable or refused. Events behind it go on meanwhile,
+            // which is safe because applying is order-independent.
             tx.rollback().await?;
             state
                 .metrics
                 .webhook_events
                 .with_label_values(&[event.event_type.as_str(), "failed", "stripe"])
                 .inc();
-            return Err(e.into());
+            let backoff = 2f64.powi(event.attempts.clamp(0, 16)).min(300.0);
+            tracing::warn!(error = %e, event = %event.event_id, attempts = event.attempts + 1,
+                "webhook event not applied; will retry");
+            sqlx::query!(
+                "UPDATE stripe_events SET attempts = attempts + 1, last_error = $2,
+                     next_attempt_at = now() + make_interval(secs => $3)
+                 WHERE event_id = $1",
+                event.event_id,
+                e.to_string(),
+                backoff
+            )
+            .execute(&state.pool)
+            .await?;
+            return Ok(true);
         }
         Err(ApplyError::Database(e)) => return Err(e.into()),
     };

@@ -398,6 +398,52 @@ async fn overage_of_137_units_on_premium_is_invoiced_once_as_73_63() {
     let overage: Vec<&Value> = lines.iter().filter(|l| l["amount"] == 7_363).collect();
     assert_eq!(overage.len(), 1, "37 × $1.99 exactly once: {lines:?}");
     assert_eq!(invoice["amount_due"], 19_900 + 7_363);
+
+    // A worker that reaches a renewal draft only after Stripe finalized it (a backlog, an
+    // outage) bills the overage on the next invoice instead: 105 units → 5 × $1.99.
+    let next_end = end + (end - start);
+    let events: Vec<Value> = (0..105)
+        .map(|_| {
+            json!({
+                "event_id": uuid::Uuid::now_v7(), "customer_id": "over",
+                "usage_type": "ticket_creation", "quantity": 1,
+                "occurred_at": rfc(end), "period_start": rfc(end), "period_end": rfc(next_end),
+            })
+        })
+        .collect();
+    let r = app
+        .http
+        .post(app.url("/internal/v1/usage/batch"))
+        .bearer_auth(&app.service_token)
+        .json(&json!({ "events": events }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut late = draft.clone();
+    late["period_start"] = json!(end.unix_timestamp());
+    late["period_end"] = json!(next_end.unix_timestamp());
+    let mut tx = app.pool.begin().await.unwrap();
+    let charge = tollgate_control_plane::overage::bill_renewal_draft(
+        &mut tx,
+        gateway,
+        &app.state.catalog,
+        &late,
+    )
+    .await
+    .unwrap()
+    .expect("billed on the next invoice");
+    tx.commit().await.unwrap();
+    assert_eq!(charge.billed_on, format!("next:{sub}"));
+    let item = app
+        .stripe_get(&format!("/v1/invoiceitems/{}", charge.invoice_item))
+        .await;
+    assert_eq!(item["amount"], 995);
+    assert_eq!(item["invoice"], Value::Null, "pending for the next invoice");
+    assert_eq!(
+        item["parent"]["subscription_details"]["subscription"],
+        sub.as_str()
+    );
 }
 
 #[tokio::test]

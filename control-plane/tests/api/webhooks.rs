@@ -429,3 +429,33 @@ async fn every_permutation_of_a_subscriptions_events_converges_to_the_same_state
         })
         .unwrap();
 }
+
+#[tokio::test]
+async fn an_event_stripe_refuses_is_retried_with_backoff_without_blocking_the_rest() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    // Stripe answers 404 for this subscription: the event cannot be applied (yet).
+    let stuck = event(
+        "evt_stuck_1",
+        "customer.subscription.updated",
+        json!({"id": "sub_unknown_to_stripe", "object": "subscription"}),
+    );
+    let fine = event(
+        "evt_after_1",
+        "invoice.finalized",
+        json!({"id": "in_x", "object": "invoice"}),
+    );
+    for body in [&stuck, &fine] {
+        let r = app
+            .deliver(body, Some(sign(body.as_bytes(), WEBHOOK_SECRET, now())))
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    app.eventually(
+        "the later event applied while the first waits",
+        "SELECT (SELECT applied_at IS NOT NULL FROM stripe_events WHERE event_id = 'evt_after_1')
+            AND (SELECT applied_at IS NULL AND attempts >= 1 AND last_error IS NOT NULL
+                     AND next_attempt_at > now()
+                 FROM stripe_events WHERE event_id = 'evt_stuck_1')",
+    )
+    .await;
+}
