@@ -7,14 +7,28 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tollgate_e2e::free_port;
 
-/// A child killed on drop.
+/// A child stopped on drop: SIGKILL, or SIGTERM first when `graceful` (nginx's master
+/// must stop its workers itself, or they outlive it).
 pub struct Owned {
     pub child: Child,
     pub port: u16,
+    graceful: bool,
 }
 
 impl Drop for Owned {
     fn drop(&mut self) {
+        if self.graceful {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -50,7 +64,11 @@ pub fn redis(port: Option<u16>) -> anyhow::Result<Owned> {
         .spawn()
         .context("starting redis-server")?;
     wait_for_port(port, Duration::from_secs(10))?;
-    Ok(Owned { child, port })
+    Ok(Owned {
+        child,
+        port,
+        graceful: false,
+    })
 }
 
 /// A PostgreSQL cluster of our own (trust auth, loopback), restartable for drills.
@@ -199,7 +217,11 @@ http {{
         .spawn()
         .context("starting nginx (apt-get install -y nginx)")?;
     wait_for_port(port, Duration::from_secs(10))?;
-    Ok(Owned { child, port })
+    Ok(Owned {
+        child,
+        port,
+        graceful: true,
+    })
 }
 
 /// CPU seconds (user + system) a process and its threads have used.
