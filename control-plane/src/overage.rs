@@ -205,8 +205,7 @@ async fn period_plan<'c>(
         item.price
             .lookup_key
             .as_deref()
-            .and_then(|k| k.strip_prefix("tollgate_"))
-            .and_then(|k| k.strip_suffix("_monthly"))
+            .and_then(crate::stripe::monthly_plan_of)
     });
     Ok(downgraded_from
         .or(current)

@@ -171,12 +171,12 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
                     let route = req
                         .extensions()
                         .get::<axum::extract::MatchedPath>()
-                        .map(|p| p.as_str().to_owned())
-                        .unwrap_or_else(|| "unmatched".to_owned());
+                        .cloned();
                     let response = next.run(req).await;
+                    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
                     metrics
                         .http_requests
-                        .with_label_values(&[&route, response.status().as_str()])
+                        .with_label_values(&[route, response.status().as_str()])
                         .inc();
                     response
                 }

@@ -17,6 +17,11 @@ pub fn lookup_key(plan: &str, kind: &str) -> String {
     format!("tollgate_{plan}_{kind}")
 }
 
+/// The plan whose monthly price has `key` (the inverse of `lookup_key(plan, "monthly")`).
+pub fn monthly_plan_of(key: &str) -> Option<&str> {
+    key.strip_prefix("tollgate_")?.strip_suffix("_monthly")
+}
+
 fn product_id(plan: &Plan) -> String {
     format!("tollgate_{}", plan.id())
 }
@@ -125,5 +130,20 @@ impl StripeGateway {
             .await?;
         report.prices_created.push(key);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod lookup_key_tests {
+    use super::{lookup_key, monthly_plan_of};
+
+    #[test]
+    fn a_monthly_lookup_key_names_its_plan_and_nothing_else_does() {
+        assert_eq!(
+            monthly_plan_of(&lookup_key("premium", "monthly")),
+            Some("premium")
+        );
+        assert_eq!(monthly_plan_of(&lookup_key("premium", "credit")), None);
+        assert_eq!(monthly_plan_of("price_premium_monthly"), None);
     }
 }

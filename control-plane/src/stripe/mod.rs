@@ -6,7 +6,7 @@
 
 mod catalog;
 
-pub use catalog::{CatalogSync, lookup_key};
+pub use catalog::{CatalogSync, lookup_key, monthly_plan_of};
 
 use crate::config::StripeSettings;
 use secrecy::ExposeSecret;

@@ -246,8 +246,7 @@ async fn sync_subscription(
         .price
         .lookup_key
         .as_deref()
-        .and_then(|k| k.strip_prefix("tollgate_"))
-        .and_then(|k| k.strip_suffix("_monthly"))
+        .and_then(crate::stripe::monthly_plan_of)
         .or_else(|| item.price.metadata.get("tollgate_plan").map(String::as_str))
         .and_then(|p| PlanId::parse(p).ok());
     let Some(plan) = plan else {

@@ -388,3 +388,34 @@ impl TestApp {
         r.send().await.unwrap()
     }
 }
+
+impl TestApp {
+    /// Stores `units` one-ticket usage events of `customer` for the period starting at
+    /// `start` (RFC 3339 strings, as the snapshot gives them).
+    pub async fn ingest_usage(
+        &self,
+        customer: &str,
+        units: usize,
+        start: &serde_json::Value,
+        end: &serde_json::Value,
+    ) {
+        let events: Vec<serde_json::Value> = (0..units)
+            .map(|_| {
+                serde_json::json!({
+                    "event_id": uuid::Uuid::now_v7(), "customer_id": customer,
+                    "usage_type": "ticket_creation", "quantity": 1,
+                    "occurred_at": start, "period_start": start, "period_end": end,
+                })
+            })
+            .collect();
+        let r = self
+            .http
+            .post(self.url("/internal/v1/usage/batch"))
+            .bearer_auth(&self.service_token)
+            .json(&serde_json::json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "usage batch");
+    }
+}

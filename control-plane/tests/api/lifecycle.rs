@@ -321,24 +321,8 @@ async fn overage_of_137_units_on_premium_is_invoiced_once_as_73_63() {
         t.format(&time::format_description::well_known::Rfc3339)
             .unwrap()
     };
-    let events: Vec<Value> = (0..137)
-        .map(|_| {
-            json!({
-                "event_id": uuid::Uuid::now_v7(), "customer_id": "over",
-                "usage_type": "ticket_creation", "quantity": 1,
-                "occurred_at": rfc(start), "period_start": rfc(start), "period_end": rfc(end),
-            })
-        })
-        .collect();
-    let r = app
-        .http
-        .post(app.url("/internal/v1/usage/batch"))
-        .bearer_auth(&app.service_token)
-        .json(&json!({ "events": events }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    app.ingest_usage("over", 137, &json!(rfc(start)), &json!(rfc(end)))
+        .await;
 
     app.advance(&clock, end.unix_timestamp() + 60).await;
     app.eventually(
@@ -402,24 +386,8 @@ async fn overage_of_137_units_on_premium_is_invoiced_once_as_73_63() {
     // A worker that reaches a renewal draft only after Stripe finalized it (a backlog, an
     // outage) bills the overage on the next invoice instead: 105 units → 5 × $1.99.
     let next_end = end + (end - start);
-    let events: Vec<Value> = (0..105)
-        .map(|_| {
-            json!({
-                "event_id": uuid::Uuid::now_v7(), "customer_id": "over",
-                "usage_type": "ticket_creation", "quantity": 1,
-                "occurred_at": rfc(end), "period_start": rfc(end), "period_end": rfc(next_end),
-            })
-        })
-        .collect();
-    let r = app
-        .http
-        .post(app.url("/internal/v1/usage/batch"))
-        .bearer_auth(&app.service_token)
-        .json(&json!({ "events": events }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    app.ingest_usage("over", 105, &json!(rfc(end)), &json!(rfc(next_end)))
+        .await;
     let mut late = draft.clone();
     late["period_start"] = json!(end.unix_timestamp());
     late["period_end"] = json!(next_end.unix_timestamp());

@@ -25,25 +25,8 @@ async fn an_upgrade_is_immediate_and_the_preview_equals_the_invoice_to_the_cent(
     let sub = subscribed(&app, "up", "premium").await;
     // 120 tickets this period: 20 over Premium's 100 before the upgrade.
     let before = app.snapshot("up").await;
-    let events: Vec<Value> = (0..120)
-        .map(|_| {
-            json!({
-                "event_id": uuid::Uuid::now_v7(), "customer_id": "up",
-                "usage_type": "ticket_creation", "quantity": 1,
-                "occurred_at": before["period_start"], "period_start": before["period_start"],
-                "period_end": before["period_end"],
-            })
-        })
-        .collect();
-    let ingested = app
-        .http
-        .post(app.url("/internal/v1/usage/batch"))
-        .bearer_auth(&app.service_token)
-        .json(&json!({ "events": events }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ingested.status(), 200);
+    app.ingest_usage("up", 120, &before["period_start"], &before["period_end"])
+        .await;
     let r = patch(&app, "up", json!({"plan": "enterprise"})).await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
