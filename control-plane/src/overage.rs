@@ -12,7 +12,7 @@
 //! plan's included units and rate to the whole period's usage, as the proxy enforced
 //! it; a downgrade waiting for the period end still bills the plan paid for).
 
-use crate::stripe::{DOWNGRADE_AT, DOWNGRADE_FROM, GatewayError, ItemTarget, StripeGateway, Timed};
+use crate::stripe::{GatewayError, ItemTarget, StripeGateway, Timed};
 use billing_model::{Catalog, Money, PlanId, overage_amount, overage_units};
 use serde_json::Value;
 use sqlx::{Postgres, Transaction};
@@ -194,13 +194,7 @@ async fn period_plan<'c>(
         .send(gateway.client())
         .timed(&gateway.api_seconds, "retrieve_subscription")
         .await?;
-    let downgraded_from = sub
-        .metadata
-        .get(DOWNGRADE_FROM)
-        .zip(sub.metadata.get(DOWNGRADE_AT))
-        .and_then(|(plan, at)| Some((plan, at.parse::<i64>().ok()?)))
-        .filter(|(_, at)| *at >= end)
-        .map(|(plan, _)| plan.as_str());
+    let downgraded_from = crate::stripe::downgraded_from(&sub.metadata, end);
     let current = sub.items.data.first().and_then(|item| {
         item.price
             .lookup_key

@@ -432,6 +432,15 @@ impl StripeGateway {
 pub const DOWNGRADE_FROM: &str = "tollgate_downgrade_from";
 pub const DOWNGRADE_AT: &str = "tollgate_downgrade_at";
 
+/// The plan a pending downgrade keeps access on for the period ending at `period_end`
+/// (the downgrade recorded in the subscription's metadata takes effect after it).
+pub fn downgraded_from(metadata: &HashMap<String, String>, period_end: i64) -> Option<&str> {
+    let at: i64 = metadata.get(DOWNGRADE_AT)?.parse().ok()?;
+    (period_end <= at)
+        .then(|| metadata.get(DOWNGRADE_FROM).map(String::as_str))
+        .flatten()
+}
+
 impl StripeGateway {
     /// The customer's default payment method (set by Checkout or the Portal), if any.
     pub async fn default_payment_method(

@@ -274,18 +274,10 @@ async fn sync_subscription(
     };
     // A downgrade waits for the period end: Stripe bills the lower price from the next
     // renewal, access stays on the plan it came from until then.
-    let downgrade = sub
-        .metadata
-        .get(crate::stripe::DOWNGRADE_FROM)
-        .and_then(|p| PlanId::parse(p).ok())
-        .zip(
-            sub.metadata
-                .get(crate::stripe::DOWNGRADE_AT)
-                .and_then(|t| t.parse::<i64>().ok()),
-        )
-        .filter(|(_, at)| item.current_period_end <= *at);
+    let downgrade = crate::stripe::downgraded_from(&sub.metadata, item.current_period_end)
+        .and_then(|p| PlanId::parse(p).ok());
     let (plan, pending) = match downgrade {
-        Some((from, _)) => (from, Some(plan)),
+        Some(from) => (from, Some(plan)),
         None => (plan, None),
     };
     let period_start = OffsetDateTime::from_unix_timestamp(item.current_period_start).ok();
