@@ -47,6 +47,9 @@ DOCKER = Path("deploy/docker")
 failures: list[str] = []
 
 
+# Kinds whose pod template the checks read.
+WORKLOADS = ("Deployment", "StatefulSet")
+
 def fail(message: str) -> None:
     failures.append(message)
     print(f"  FAIL {message}")
@@ -331,12 +334,13 @@ def cmd_k8s_config() -> int:
     port = lambda addr: int(str(addr).rsplit(":", 1)[1])  # noqa: E731
 
     for (kind, name), o in objs.items():
-        if kind != "Deployment":
+        if kind not in WORKLOADS:
             continue
         spec = o["spec"]["template"]["spec"]
         if spec.get("enableServiceLinks") is not False:
-            fail(f"Deployment {name}: enableServiceLinks must be false (service env vars look like TOLLGATE_* keys)")
-        volumes = {v["name"] for v in spec.get("volumes", [])}
+            fail(f"{kind} {name}: enableServiceLinks must be false (service env vars look like TOLLGATE_* keys)")
+        claims = {t["metadata"]["name"] for t in o["spec"].get("volumeClaimTemplates", [])}
+        volumes = {v["name"] for v in spec.get("volumes", [])} | claims
         for c in spec.get("initContainers", []) + spec["containers"]:
             cname = f"{name}/{c['name']}"
             ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
@@ -387,8 +391,12 @@ def cmd_k8s_config() -> int:
                         fail(f"{cname}: {probe} must be GET {path} on proxy-metrics")
                 mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
                 vol = mounts.get(proxy["spool_dir"])
-                if not vol or "emptyDir" not in next(v for v in spec["volumes"] if v["name"] == vol):
-                    fail(f"{cname}: proxy.spool_dir {proxy['spool_dir']} must be an emptyDir volume")
+                # Spooled usage must outlive the pod: a claim of its own, kept on scale-down.
+                if kind != "StatefulSet" or vol not in claims:
+                    fail(f"{cname}: proxy.spool_dir {proxy['spool_dir']} must be a volumeClaimTemplate of a StatefulSet")
+                retention = o["spec"].get("persistentVolumeClaimRetentionPolicy", {})
+                if retention.get("whenScaled") != "Retain" or retention.get("whenDeleted") != "Retain":
+                    fail(f"{name}: the spool claims must be retained when scaled down or deleted")
                 drain = int(proxy.get("drain_seconds", 10))
                 sleep = int(c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", ["", "", "0"])[-1])
                 grace = int(spec.get("terminationGracePeriodSeconds", 30))
@@ -443,7 +451,7 @@ def cmd_env_file(out: str) -> int:
     }
     names = {}
     for (kind, _), o in objects().items():
-        if kind == "Deployment":
+        if kind in WORKLOADS:
             spec = o["spec"]["template"]["spec"]
             for c in spec.get("initContainers", []) + spec["containers"]:
                 for env in c.get("env", []):
@@ -555,7 +563,7 @@ def cmd_scrape_k8s(out: str) -> int:
     ns = yaml.safe_load((K8S / "kustomization.yaml").read_text()).get("namespace")
     port_names = {}
     for (kind, name), o in objs.items():
-        if kind == "Deployment":
+        if kind in WORKLOADS:
             for c in o["spec"]["template"]["spec"]["containers"]:
                 for p in c.get("ports", []):
                     port_names[p["name"]] = (c["image"], p["containerPort"])

@@ -6,13 +6,13 @@ use crate::servers::{self, Owned, Postgres};
 use crate::wrk::{self, Request};
 use anyhow::Context;
 use billing_model::CustomerId;
-use billing_model::identity::TokenIssuer;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tollgate_e2e::{Stack, binary, free_port};
+use tollgate_runtime::identity::TokenIssuer;
 
 const TICKET: &str = r#"{"title":"printer on fire","body":"benchmark"}"#;
 
@@ -22,11 +22,12 @@ struct Tokens(TokenIssuer);
 
 impl Tokens {
     fn new() -> anyhow::Result<Self> {
-        let settings: billing_model::settings::IdentitySettings = serde_json::from_value(json!({
-            "issuer": "tollgate-test",
-            "audience": "ticket-api",
-            "hs256_secret": "test-only-hs256-secret-0123456789abcdef",
-        }))?;
+        let settings: tollgate_runtime::settings::IdentitySettings =
+            serde_json::from_value(json!({
+                "issuer": "tollgate-test",
+                "audience": "ticket-api",
+                "hs256_secret": "test-only-hs256-secret-0123456789abcdef",
+            }))?;
         Ok(Self(TokenIssuer::new(&settings)?))
     }
 
@@ -387,6 +388,82 @@ async fn exactness(
             exact: succeeded == limit && ledger == limit as i64 && redis == limit as i64,
         });
     }
+    slow_clients(report, stack, tokens).await
+}
+
+/// Two proxies whose reservations expire after 3 s without renewal; 20 clients trickle
+/// their bodies for 8 s (each holding a unit well past the TTL) while 200 normal
+/// requests arrive: exactly the balance may succeed.
+async fn slow_clients(report: &mut Report, stack: &Stack, tokens: &Tokens) -> anyhow::Result<()> {
+    let (start, end) = period();
+    let (proxy_a, port_a) = stack
+        .extra_proxy_edited("slow-a", tollgate_e2e::short_reservation_ttl)
+        .await?;
+    let (proxy_b, port_b) = stack
+        .extra_proxy_edited("slow-b", tollgate_e2e::short_reservation_ttl)
+        .await?;
+    let (customer, limit, slow, normal) = ("exact-slow-20", 20u64, 20u64, 200u64);
+    stack
+        .set_subscription(customer, "premium", "credit_burndown", "active", start, end)
+        .await?;
+    stack.grant_credits(customer, limit as u32, "1.99").await?;
+    let authorization = format!("Bearer {}", tokens.token(customer));
+    let ports = [port_a, port_b];
+    let mut tasks = Vec::new();
+    for i in 0..slow {
+        let authorization = authorization.clone();
+        let port = ports[i as usize % 2];
+        tasks.push(tokio::spawn(async move {
+            let headers = [("authorization", authorization.as_str())];
+            tollgate_e2e::raw_request(
+                port,
+                "POST",
+                "/api/v1/tickets",
+                &headers,
+                br#"{"title":"slow"}"#,
+                Duration::from_millis(500),
+            )
+            .await
+            .0
+        }));
+    }
+    // Past two TTLs: an unrenewed hold would have expired by now.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for i in 0..normal {
+        let authorization = authorization.clone();
+        let port = ports[i as usize % 2];
+        tasks.push(tokio::spawn(async move {
+            let headers = [("authorization", authorization.as_str())];
+            tollgate_e2e::raw_request(
+                port,
+                "POST",
+                "/api/v1/tickets",
+                &headers,
+                TICKET.as_bytes(),
+                Duration::ZERO,
+            )
+            .await
+            .0
+        }));
+    }
+    let mut succeeded = 0;
+    for status in futures_util::future::join_all(tasks).await {
+        if status.is_ok_and(|s| (200..300).contains(&s)) {
+            succeeded += 1;
+        }
+    }
+    let ledger = settled_ledger(stack, customer, limit as i64).await?;
+    let redis = redis_credits_used(stack, customer).await?;
+    report.exactness.push(Exactness {
+        name: "2 proxies (3 s TTL), 20 slow clients, credit balance 20".into(),
+        limit,
+        requests: slow + normal,
+        succeeded,
+        ledger,
+        redis,
+        exact: succeeded == limit && ledger == limit as i64 && redis == limit as i64,
+    });
+    drop((proxy_a, proxy_b));
     Ok(())
 }
 

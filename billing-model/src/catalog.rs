@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use toml::{Table, Value};
@@ -196,17 +195,6 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Reads and validates a catalog file. The only I/O in this crate.
-    pub fn load(path: &Path) -> Result<Catalog, CatalogError> {
-        let source_name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| CatalogError {
-            source_name: source_name.clone(),
-            key: String::new(),
-            problem: CatalogProblem::Unreadable(e.to_string()),
-        })?;
-        Catalog::from_toml_str(&source_name, &text)
-    }
-
     /// Parses and validates catalog TOML; `source` names the file in error messages.
     pub fn from_toml_str(source: &str, text: &str) -> Result<Catalog, CatalogError> {
         Reader { source }.catalog(text)
@@ -769,7 +757,8 @@ credit_pack_units = [100, 500]
 
     #[test]
     fn real_plans_file_has_free_premium_and_enterprise() {
-        let catalog = Catalog::load(Path::new(REAL_FILE)).unwrap();
+        let catalog =
+            Catalog::from_toml_str(REAL_FILE, include_str!("../../config/plans.toml")).unwrap();
         let ids: Vec<&str> = catalog.iter().map(|plan| plan.id().as_str()).collect();
         assert_eq!(ids, ["free", "premium", "enterprise"]);
 
@@ -810,13 +799,6 @@ credit_pack_units = [100, 500]
         assert_eq!(catalog.iter().nth(1).unwrap().id(), &plan_id("premium"));
         assert!(catalog.get(&plan_id("gold")).is_none());
         assert!(!catalog.get(&plan_id("premium")).unwrap().blocks_at_limit());
-    }
-
-    #[test]
-    fn missing_file_is_reported_with_its_path() {
-        let error = Catalog::load(Path::new("/nonexistent/plans.toml")).unwrap_err();
-        assert_eq!(error.source_name, "/nonexistent/plans.toml");
-        assert!(matches!(error.problem, CatalogProblem::Unreadable(_)));
     }
 
     #[test]

@@ -258,11 +258,8 @@ mod tests {
     use time::macros::datetime;
 
     fn catalog() -> Catalog {
-        Catalog::load(std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../config/plans.toml"
-        )))
-        .unwrap()
+        Catalog::from_toml_str("config/plans.toml", include_str!("../../config/plans.toml"))
+            .unwrap()
     }
 
     fn may() -> BillingPeriod {

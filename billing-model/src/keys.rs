@@ -93,6 +93,17 @@ impl RedisKeys {
         )
     }
 
+    /// The sorted set of reservations recently committed against `counter` (member:
+    /// reservation id, score: commit time), so a retried commit counts once:
+    /// `{prefix}{customer}:committed:<counter>`.
+    pub fn committed(&self, customer: &CustomerId, counter: Counter) -> String {
+        format!(
+            "{}committed:{}",
+            self.customer_part(customer),
+            counter_suffix(counter)
+        )
+    }
+
     /// The pub/sub channel entitlement updates are published on.
     pub fn entitlement_channel(&self) -> String {
         format!("{}entitlements", self.prefix)
@@ -145,6 +156,8 @@ mod tests {
             keys.credits_used(customer),
             keys.inflight(customer, Counter::Period { start }),
             keys.inflight(customer, Counter::Credits),
+            keys.committed(customer, Counter::Period { start }),
+            keys.committed(customer, Counter::Credits),
         ]
     }
 

@@ -29,11 +29,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn catalog() -> Catalog {
-        Catalog::load(std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../config/plans.toml"
-        )))
-        .unwrap()
+        Catalog::from_toml_str("config/plans.toml", include_str!("../../config/plans.toml"))
+            .unwrap()
     }
 
     fn plan(catalog: &Catalog, id: &str) -> Plan {

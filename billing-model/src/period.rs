@@ -115,6 +115,23 @@ impl BillingPeriod {
     }
 }
 
+impl BillingPeriod {
+    /// The period of this period's cycle that contains `instant`: this one, or one of
+    /// those after it (an instant before `start` gives this period).
+    ///
+    /// Rolls with [`BillingPeriod::next`], which recovers the anchor's day of month from
+    /// both bounds; rolling from `start` alone would take a clamped start (Feb 28 of a
+    /// Jan 31 anchor) for the anchor and shift every later period ([Mar 28, Apr 28)
+    /// instead of [Mar 31, Apr 30)).
+    pub fn rolled_forward_to(&self, instant: OffsetDateTime) -> Result<BillingPeriod, PeriodError> {
+        let mut period = *self;
+        while instant >= period.end {
+            period = period.next()?;
+        }
+        Ok(period)
+    }
+}
+
 /// Months since year 0, for counting months between two dates.
 fn month_index(date: Date) -> i64 {
     i64::from(date.year()) * 12 + i64::from(u8::from(date.month())) - 1
@@ -306,6 +323,45 @@ mod tests {
             let anchor = instant(anchor);
             let period = BillingPeriod::nth(anchor, n).unwrap();
             prop_assert_eq!(period.next().unwrap(), BillingPeriod::nth(anchor, n + 1).unwrap());
+        }
+    }
+
+    #[test]
+    fn rolling_forward_keeps_a_month_end_anchor() {
+        // Anchor Jan 31: the stored period is the clamped February one.
+        let february = BillingPeriod::nth(datetime!(2023-01-31 08:00:00 UTC), 1).unwrap();
+        assert_eq!(february.start(), datetime!(2023-02-28 08:00:00 UTC));
+        let april_1 = datetime!(2023-04-01 00:00:00 UTC);
+        let rolled = february.rolled_forward_to(april_1).unwrap();
+        assert_eq!(rolled.start(), datetime!(2023-03-31 08:00:00 UTC));
+        assert_eq!(rolled.end(), datetime!(2023-04-30 08:00:00 UTC));
+        // Several periods at once, and the same answer as counting from the anchor.
+        let later = datetime!(2023-09-15 00:00:00 UTC);
+        assert_eq!(
+            february.rolled_forward_to(later).unwrap(),
+            BillingPeriod::containing(datetime!(2023-01-31 08:00:00 UTC), later).unwrap()
+        );
+        // An instant inside (or before) the period keeps it.
+        assert_eq!(
+            february.rolled_forward_to(february.start()).unwrap(),
+            february
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rolling_forward_agrees_with_the_anchor(
+            anchor_s in 946_684_800i64..4_000_000_000,
+            skip in 0i64..40,
+            offset_s in 0i64..5_000_000_000,
+        ) {
+            let anchor = OffsetDateTime::from_unix_timestamp(anchor_s).unwrap();
+            let stored = BillingPeriod::nth(anchor, skip).unwrap();
+            let instant = stored.start() + time::Duration::seconds(offset_s % (400 * 86_400));
+            proptest::prop_assert_eq!(
+                stored.rolled_forward_to(instant).unwrap(),
+                BillingPeriod::containing(anchor, instant).unwrap()
+            );
         }
     }
 }

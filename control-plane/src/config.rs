@@ -1,13 +1,13 @@
 //! The control plane's view of the shared configuration file.
 
-use billing_model::settings::{
-    ConfigError, IdentitySettings, InternalSettings, LogSettings, RedisSettings, load_config,
-};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use tollgate_runtime::settings::{
+    ConfigError, IdentitySettings, InternalSettings, LogSettings, RedisSettings, load_config,
+};
 
 /// Everything the control plane reads. One file serves both binaries; the proxy's
 /// section is accepted here unread (the proxy validates it).

@@ -12,5 +12,4 @@ pub mod notifications;
 pub mod overage;
 pub mod startup;
 pub mod stripe;
-pub mod telemetry;
 pub mod webhooks;

@@ -1,12 +1,13 @@
 use anyhow::Context;
 use billing_model::CustomerId;
-use billing_model::identity::TokenIssuer;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tollgate_control_plane::config::Config;
+use tollgate_control_plane::db;
 use tollgate_control_plane::startup::{Application, shutdown_signal};
-use tollgate_control_plane::{db, telemetry};
+use tollgate_runtime::identity::TokenIssuer;
+use tollgate_runtime::logging as telemetry;
 
 /// tollgate's control plane.
 #[derive(Debug, Parser)]
@@ -108,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
                 .as_ref()
                 .context("sync-catalog needs a [stripe] section")?;
             let gateway = tollgate_control_plane::stripe::StripeGateway::new(settings)?;
-            let catalog = billing_model::Catalog::load(&config.plans_file)?;
+            let catalog = tollgate_runtime::catalog::load(&config.plans_file)?;
             let report = gateway.sync_catalog(&catalog).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())

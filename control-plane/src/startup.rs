@@ -6,12 +6,12 @@ use crate::entitlements::{Entitlements, Publisher};
 use crate::http::{AppState, router};
 use crate::metrics::{self, Metrics};
 use anyhow::Context;
-use billing_model::identity::IdentityVerifier;
-use billing_model::{Catalog, RedisKeys};
+use billing_model::RedisKeys;
 use secrecy::ExposeSecret;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tollgate_runtime::identity::IdentityVerifier;
 
 /// A built control plane with its listeners bound (port 0 works: tests read the port).
 pub struct Application {
@@ -27,16 +27,12 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let catalog = Catalog::load(&config.plans_file)
+        let catalog = tollgate_runtime::catalog::load(&config.plans_file)
             .with_context(|| format!("loading plans from {}", config.plans_file.display()))?;
-        let jwks = match &config.identity.jwks_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading identity.jwks_file {}", path.display()))?,
-            ),
-            None => None,
-        };
-        let identity = IdentityVerifier::new(&config.identity, jwks.as_deref())?;
+        // The same loader as the proxy's: a JWKS file or URL, kept fresh by a job.
+        let identity = IdentityVerifier::load(&config.identity)
+            .await
+            .context("identity")?;
         let pool = db::connect(
             &config.control_plane.database_url,
             config.control_plane.database_max_connections,
@@ -104,9 +100,9 @@ impl Application {
             service_token: config.internal.service_token.clone(),
             rate_limit: crate::http::rate_limit(&config.control_plane.http),
             notifications: config.control_plane.notifications.clone().map(Arc::new),
-            counters: billing_model::counters::Counters::new(
+            counters: tollgate_runtime::counters::Counters::new(
                 redis_for_counters,
-                std::time::Duration::from_secs(120),
+                tollgate_runtime::counters::DEFAULT_RESERVATION_TTL,
             ),
         };
         Ok(Self {
@@ -217,6 +213,11 @@ impl Application {
                 }
             },
         ));
+        let verifier = self.state.identity.clone();
+        let mut identity_stop = stop.clone();
+        tokio::spawn(verifier.keep_fresh(async move {
+            let _ = identity_stop.wait_for(|stop| *stop).await;
+        }));
         let pool = self.state.pool.clone();
         let days = i32::try_from(self.retention_days).unwrap_or(i32::MAX);
         tokio::spawn(crate::jobs::every(

@@ -14,8 +14,6 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use billing_model::RedisKeys;
-use billing_model::counters::Counters;
-use billing_model::identity::IdentityVerifier;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
@@ -24,6 +22,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+use tollgate_runtime::counters::Counters;
+use tollgate_runtime::counters::holds::Holds;
+use tollgate_runtime::identity::IdentityVerifier;
 
 /// Builds the server; `run_forever` on the result serves until SIGTERM/SIGINT.
 pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
@@ -40,6 +41,22 @@ pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
     let handle = background.handle().clone();
     // The runtime must outlive `main`, which never returns (pingora exits the process).
     std::mem::forget(background);
+
+    // Identity keys (a JWKS file or URL is read once now, then kept fresh).
+    let verifier = if config.identity.hs256_secret.is_some()
+        || config.identity.jwks_file.is_some()
+        || config.identity.jwks_url.is_some()
+    {
+        let settings = config.identity.clone();
+        let loaded = std::thread::scope(|s| {
+            s.spawn(|| handle.block_on(IdentityVerifier::load(&settings)))
+                .join()
+                .map_err(|_| anyhow::anyhow!("loading identity keys panicked"))
+        })?;
+        Some(Arc::new(loaded.context("identity")?))
+    } else {
+        None
+    };
     let _guard = handle.enter();
 
     let redis_client = redis::Client::open(config.redis.url.expose_secret())
@@ -53,17 +70,14 @@ pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
         redis::aio::ConnectionManager::new_lazy_with_config(redis_client.clone(), manager_config)?;
     let keys = RedisKeys::new(&config.redis.key_prefix).context("redis.key_prefix")?;
 
-    let jwks = load_jwks(&config)?;
-    let verifier = if config.identity.hs256_secret.is_some() || jwks.is_some() {
-        Some(IdentityVerifier::new(&config.identity, jwks.as_deref())?)
-    } else {
-        None
-    };
     let identity = Arc::new(Identity::new(
-        verifier,
+        verifier.clone(),
         config.identity.trusted_header.as_deref(),
     )?);
-    let routes = Arc::new(ArcSwap::from_pointee(RouteTable::from_settings(&p.routes)?));
+    let routes = Arc::new(ArcSwap::from_pointee(RouteTable::build(
+        &p.routes,
+        p.case_sensitive_routes,
+    )?));
 
     let entitlements = Arc::new(Entitlements::new(
         p.entitlement_cache_capacity,
@@ -78,14 +92,18 @@ pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
     );
     let pending_commits = Arc::new(AtomicU64::new(0));
     let unsettled = Arc::new(AtomicU64::new(0));
-    let reservation_ttl = Duration::from_secs(p.reservation_ttl_seconds);
-    if p.reservation_ttl_seconds <= p.upstream_timeout_seconds {
+    // A running request's hold is renewed every third of the TTL, so the TTL only
+    // bounds how long a crashed proxy's units stay taken; it must leave room for a
+    // renewal round trip.
+    if p.reservation_ttl_seconds < 3 {
         anyhow::bail!(
-            "proxy.reservation_ttl_seconds ({}) must exceed proxy.upstream_timeout_seconds ({}): a reservation must outlive the request that holds it",
-            p.reservation_ttl_seconds,
-            p.upstream_timeout_seconds
+            "proxy.reservation_ttl_seconds ({}) must be at least 3: holds are renewed every third of it",
+            p.reservation_ttl_seconds
         );
     }
+    let reservation_ttl = Duration::from_secs(p.reservation_ttl_seconds);
+    let counters = Counters::new(redis, reservation_ttl);
+    let holds = Holds::new(counters.clone());
 
     let conf = ServerConf {
         threads: p.threads,
@@ -104,13 +122,13 @@ pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
         routes: routes.clone(),
         identity,
         entitlements: entitlements.clone(),
-        counters: Counters::new(redis, reservation_ttl),
+        counters,
+        holds: holds.clone(),
         keys: keys.clone(),
         usage_log: usage_log.clone(),
         metrics: metrics.clone(),
         redis_budget: Duration::from_millis(p.redis_budget_ms),
         failure_policy: p.hard_limit_failure_policy,
-        reservation_ttl,
         background: handle.clone(),
         pending_commits: pending_commits.clone(),
         unsettled: unsettled.clone(),
@@ -148,45 +166,20 @@ pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
         config_path,
         routes,
     };
+    let keeper = HoldKeeper {
+        holds,
+        metrics: metrics.clone(),
+    };
+    let keys_refresher = IdentityRefresher { verifier };
 
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("usage shipper", shipper));
     server.add_service(background_service("entitlement updates", updates));
     server.add_service(background_service("route reloader", reloader));
+    server.add_service(background_service("reservation holds", keeper));
+    server.add_service(background_service("identity keys", keys_refresher));
     Ok(server)
-}
-
-fn load_jwks(config: &Config) -> anyhow::Result<Option<String>> {
-    if let Some(path) = &config.identity.jwks_file {
-        return Ok(Some(std::fs::read_to_string(path).with_context(|| {
-            format!("reading identity.jwks_file {}", path.display())
-        })?));
-    }
-    if let Some(url) = &config.identity.jwks_url {
-        let text = std::thread::scope(|s| {
-            s.spawn(|| -> anyhow::Result<String> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                rt.block_on(async {
-                    let r = reqwest::Client::builder()
-                        .timeout(Duration::from_secs(10))
-                        .build()?
-                        .get(url)
-                        .send()
-                        .await?
-                        .error_for_status()?;
-                    Ok(r.text().await?)
-                })
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("JWKS fetch panicked"))?
-        })
-        .with_context(|| format!("fetching identity.jwks_url {url}"))?;
-        return Ok(Some(text));
-    }
-    Ok(None)
 }
 
 struct UpdateListener {
@@ -205,6 +198,66 @@ impl BackgroundService for UpdateListener {
             shutdown,
         )
         .await;
+    }
+}
+
+/// Renews the holds of requests in flight every third of the reservation TTL, so a
+/// unit stays held however long its request runs. It keeps renewing through the
+/// shutdown drain (requests still run then) and ends with the process.
+struct HoldKeeper {
+    holds: Arc<Holds>,
+    metrics: Arc<crate::metrics::ProxyMetrics>,
+}
+
+#[async_trait]
+impl BackgroundService for HoldKeeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let every = (self.holds_ttl() / 3).max(Duration::from_millis(50));
+        let mut lost_seen = 0;
+        let mut draining = false;
+        loop {
+            if draining {
+                tokio::time::sleep(every).await;
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.changed() => draining = true,
+                }
+            }
+            self.holds.renew_all().await;
+            let (_, lost) = self.holds.stats();
+            self.metrics
+                .holds_lost
+                .with_label_values(&["renewal"])
+                .inc_by(lost - lost_seen);
+            lost_seen = lost;
+            self.metrics.holds_live.set(self.holds.len() as i64);
+        }
+    }
+}
+
+impl HoldKeeper {
+    fn holds_ttl(&self) -> Duration {
+        self.holds.reservation_ttl()
+    }
+}
+
+/// Re-reads the JWKS on its schedule (`identity.jwks_refresh_seconds`).
+struct IdentityRefresher {
+    verifier: Option<Arc<IdentityVerifier>>,
+}
+
+#[async_trait]
+impl BackgroundService for IdentityRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if let Some(verifier) = &self.verifier {
+            verifier
+                .clone()
+                .keep_fresh(async move {
+                    let _ = shutdown.changed().await;
+                })
+                .await;
+        }
     }
 }
 
@@ -230,8 +283,10 @@ impl BackgroundService for RouteReloader {
             }
             match Config::load(&self.config_path)
                 .map_err(anyhow::Error::from)
-                .and_then(|c| RouteTable::from_settings(&c.proxy.routes).map_err(Into::into))
-            {
+                .and_then(|c| {
+                    RouteTable::build(&c.proxy.routes, c.proxy.case_sensitive_routes)
+                        .map_err(Into::into)
+                }) {
                 Ok(table) => {
                     self.routes.store(Arc::new(table));
                     tracing::info!(path = %self.config_path.display(), "routes reloaded");

@@ -1,12 +1,13 @@
 //! The proxy's view of the shared configuration file.
 
-use billing_model::settings::{
-    ConfigError, IdentitySettings, InternalSettings, LogSettings, RedisSettings, load_config,
-};
+pub use billing_model::admission::FailurePolicy;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use tollgate_runtime::settings::{
+    ConfigError, IdentitySettings, InternalSettings, LogSettings, RedisSettings, load_config,
+};
 
 /// Everything the proxy reads. One file serves both binaries; the control plane's
 /// sections are accepted here unread (the control plane validates them).
@@ -58,13 +59,20 @@ pub struct ProxySettings {
     /// always admitted and recorded.
     #[serde(default)]
     pub hard_limit_failure_policy: FailurePolicy,
-    /// How long an in-flight reservation holds a unit if its proxy never commits or
-    /// releases it (a crash), in seconds. Must exceed the upstream timeout.
+    /// How long a reservation holds a unit without being renewed, in seconds: a
+    /// crashed proxy's units come back after this. A running request's hold is renewed
+    /// every third of it, so a request may take longer than this.
     #[serde(default = "default_reservation_ttl")]
     pub reservation_ttl_seconds: u64,
     /// How long the upstream may take to answer, in seconds.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_seconds: u64,
+    /// Match the literal segments of route paths with their letter case. Off by default:
+    /// many upstreams route case-insensitively, and a metered route must not be reachable
+    /// through another spelling (matching a spelling the upstream does not serve costs
+    /// nothing: only a 2xx consumes).
+    #[serde(default)]
+    pub case_sensitive_routes: bool,
     /// Where usage events are written before the response leaves (a write-ahead log
     /// shipped to the control plane; survives restarts and control-plane outages).
     pub spool_dir: PathBuf,
@@ -74,14 +82,6 @@ pub struct ProxySettings {
     /// passes through unmetered. Reloaded on SIGHUP.
     #[serde(default)]
     pub routes: Vec<RouteSettings>,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum FailurePolicy {
-    #[default]
-    Deny,
-    Allow,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,7 +146,7 @@ fn default_redis_budget() -> u64 {
     10
 }
 fn default_reservation_ttl() -> u64 {
-    120
+    tollgate_runtime::counters::DEFAULT_RESERVATION_TTL.as_secs()
 }
 fn default_upstream_timeout() -> u64 {
     60

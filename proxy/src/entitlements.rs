@@ -3,7 +3,7 @@
 //! a stale version never replaces a newer one.
 
 use crate::metrics::ProxyMetrics;
-use billing_model::{BillingPeriod, CustomerId, EntitlementSnapshot, EntitlementUpdate};
+use billing_model::{CustomerId, EntitlementSnapshot, EntitlementUpdate};
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use secrecy::{ExposeSecret, SecretString};
@@ -205,9 +205,9 @@ impl Entitlements {
 }
 
 /// The snapshot moved into the anniversary period containing `now`, with nothing used
-/// in it yet; `None` for credit balances (they do not reset) or an unusable period.
-fn rolled_over(old: &EntitlementSnapshot, now: OffsetDateTime) -> Option<EntitlementSnapshot> {
-    let period = BillingPeriod::containing(old.period_start, now).ok()?;
+/// in it yet; `None` for an unusable period.
+pub fn rolled_over(old: &EntitlementSnapshot, now: OffsetDateTime) -> Option<EntitlementSnapshot> {
+    let period = old.period().ok()?.rolled_forward_to(now).ok()?;
     let mut next = old.clone();
     next.period_start = period.start();
     next.period_end = period.end();
@@ -360,5 +360,19 @@ mod tests {
             c.get(&customer, OffsetDateTime::now_utc()).await,
             Err(FillError::Unreachable(_))
         ));
+    }
+
+    #[test]
+    fn a_period_rolled_over_offline_keeps_a_month_end_anchor() {
+        use time::macros::datetime;
+        // Anchor Jan 31; the cached period is the clamped February one.
+        let mut old = snapshot("carol", "free", 3);
+        old.period_start = datetime!(2023-02-28 08:00:00 UTC);
+        old.period_end = datetime!(2023-03-31 08:00:00 UTC);
+        old.units_used = 7;
+        let rolled = rolled_over(&old, datetime!(2023-04-01 00:00:00 UTC)).unwrap();
+        assert_eq!(rolled.period_start, datetime!(2023-03-31 08:00:00 UTC));
+        assert_eq!(rolled.period_end, datetime!(2023-04-30 08:00:00 UTC));
+        assert_eq!(rolled.units_used, 0);
     }
 }

@@ -2,18 +2,19 @@
 //! trusted auth gateway.
 
 use billing_model::CustomerId;
-use billing_model::identity::{IdentityError, IdentityVerifier};
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderName};
+use std::sync::Arc;
+use tollgate_runtime::identity::{IdentityError, IdentityVerifier};
 
 pub struct Identity {
-    verifier: Option<IdentityVerifier>,
+    verifier: Option<Arc<IdentityVerifier>>,
     trusted_header: Option<HeaderName>,
 }
 
 impl Identity {
     pub fn new(
-        verifier: Option<IdentityVerifier>,
+        verifier: Option<Arc<IdentityVerifier>>,
         trusted_header: Option<&str>,
     ) -> anyhow::Result<Self> {
         let trusted_header = trusted_header
@@ -30,7 +31,7 @@ impl Identity {
     }
 
     /// The customer making the request.
-    pub fn customer(&self, headers: &HeaderMap) -> Result<CustomerId, IdentityError> {
+    pub async fn customer(&self, headers: &HeaderMap) -> Result<CustomerId, IdentityError> {
         if let Some(name) = &self.trusted_header
             && let Some(value) = headers.get(name)
         {
@@ -46,6 +47,6 @@ impl Identity {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .ok_or(IdentityError::Missing)?;
-        verifier.verify(token.trim())
+        verifier.verify(token.trim()).await
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod canonical;
 pub mod config;
 pub mod entitlements;
 pub mod identity;

@@ -24,6 +24,10 @@ pub struct ProxyMetrics {
     pub spool_segments: IntGauge,
     pub spool_bytes: IntGauge,
     pub commit_retries: IntCounter,
+    /// Holds found gone while their request ran, or at commit, by where.
+    pub holds_lost: IntCounterVec,
+    /// Holds registered right now (requests in flight holding a unit).
+    pub holds_live: IntGauge,
 }
 
 impl ProxyMetrics {
@@ -38,24 +42,14 @@ impl ProxyMetrics {
     fn preset(&self) {
         for class in ["metered", "chat", "unmetered"] {
             self.added_latency.with_label_values(&[class]);
-            for outcome in [
-                "admitted",
-                "admitted_overage",
-                "refused_limit",
-                "refused_credits",
-                "refused_payment",
-                "refused_chat",
-                "refused_from_memory",
-                "unauthorized",
-                "entitlement_unavailable",
-                "fail_open",
-                "fail_closed",
-                "passthrough",
-            ] {
-                self.decisions.with_label_values(&[class, outcome]);
+            for outcome in billing_model::admission::Outcome::ALL {
+                self.decisions.with_label_values(&[class, outcome.label()]);
             }
         }
-        for op in ["reserve", "chat_check"] {
+        for place in ["renewal", "commit", "reclaimed", "withheld"] {
+            self.holds_lost.with_label_values(&[place]);
+        }
+        for op in ["reserve", "chat_check", "reclaim"] {
             self.redis_seconds.with_label_values(&[op]);
             for kind in ["timeout", "error"] {
                 self.redis_errors.with_label_values(&[op, kind]);
@@ -174,6 +168,15 @@ impl ProxyMetrics {
             commit_retries: counter(
                 "commit_retries_total",
                 "Counter commits retried after a Redis error",
+            )?,
+            holds_lost: counter_vec(
+                "reservation_holds_lost_total",
+                "Holds found gone: at renewal, at commit (counted anyway), reclaimed before delivery, or withheld for want of room",
+                &["place"],
+            )?,
+            holds_live: gauge(
+                "reservation_holds",
+                "Units held in Redis by requests in flight on this proxy",
             )?,
         })
     }

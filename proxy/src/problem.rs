@@ -1,95 +1,12 @@
-//! What a refused or unidentified client receives: `application/problem+json` with a
-//! stable code, plus the draft-11 RateLimit headers on every metered response.
+//! Writing what a refused or unidentified client receives: the shared problem body
+//! ([`billing_model::Problem`], `application/problem+json`) and the draft-11 RateLimit
+//! headers every metered response carries.
 
-use billing_model::{EntitlementSnapshot, RefusalCode};
+use billing_model::Problem;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
-use serde::Serialize;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-
-/// A refusal's body (RFC 9457 problem details plus tollgate's fields).
-#[derive(Debug, Serialize)]
-pub struct Problem {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: &'static str,
-    pub status: u16,
-    pub code: &'static str,
-    pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub plan: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub used: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub period_end: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upgrade_url: Option<String>,
-}
-
-impl Problem {
-    pub fn new(
-        status: u16,
-        code: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
-        Self {
-            kind: format!("https://tollgate.dev/problems/{code}"),
-            title,
-            status,
-            code,
-            detail: detail.into(),
-            plan: None,
-            limit: None,
-            used: None,
-            period_end: None,
-            upgrade_url: None,
-        }
-    }
-
-    /// A limit refusal for `snapshot`: which limit, how much was used, where to upgrade.
-    pub fn refusal(
-        code: RefusalCode,
-        snapshot: &EntitlementSnapshot,
-        limit: u64,
-        used: u64,
-    ) -> Self {
-        let (status, title, detail) = match code {
-            RefusalCode::UsageLimitExceeded => (
-                403,
-                "Usage limit exceeded",
-                format!("The {} plan includes {limit} tickets per billing period; all are used. Upgrade your plan to continue.", snapshot.plan),
-            ),
-            RefusalCode::ChatDisabled => (
-                403,
-                "Chat disabled",
-                format!("Chat is disabled on the {} plan once its {limit} included tickets are used. Upgrade your plan to continue.", snapshot.plan),
-            ),
-            RefusalCode::CreditsExhausted => (
-                402,
-                "Credits exhausted",
-                "Your prepaid ticket credits are used up. Buy more credits to continue.".to_owned(),
-            ),
-            RefusalCode::PaymentRequired => (
-                402,
-                "Payment required",
-                "Your last payment did not go through and the grace period has ended; the free allowance is used up. Update your payment method to continue.".to_owned(),
-            ),
-        };
-        let mut p = Problem::new(status, code.as_str(), title, detail);
-        p.plan = Some(snapshot.plan.to_string());
-        p.limit = Some(limit);
-        p.used = Some(used);
-        p.period_end = snapshot.period_end.format(&Rfc3339).ok();
-        p.upgrade_url = snapshot.upgrade_url.clone();
-        p
-    }
-}
 
 /// Writes `problem` as the whole response; the upstream is never contacted.
 pub async fn respond(
@@ -97,7 +14,7 @@ pub async fn respond(
     problem: &Problem,
     extra_headers: &[(&'static str, String)],
 ) -> Result<()> {
-    let body = Bytes::from(serde_json::to_vec(problem).unwrap_or_default());
+    let body = Bytes::from(problem.to_json());
     let mut header = ResponseHeader::build(problem.status, Some(4 + extra_headers.len()))?;
     header.insert_header("content-type", "application/problem+json")?;
     header.insert_header("content-length", body.len().to_string())?;
@@ -132,11 +49,6 @@ pub fn ratelimit_header(name: &str, remaining: u64, reset_seconds: Option<i64>) 
         Some(t) => format!("\"{name}\";r={remaining};t={t}"),
         None => format!("\"{name}\";r={remaining}"),
     }
-}
-
-/// Seconds from `now` until `end`, at least 0.
-pub fn seconds_until(end: OffsetDateTime, now: OffsetDateTime) -> i64 {
-    (end - now).whole_seconds().max(0)
 }
 
 #[cfg(test)]

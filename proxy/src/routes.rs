@@ -1,5 +1,10 @@
 //! Which requests are metered, which are the chat interface, and which pass through.
 //! Configured, not hard-coded; swapped atomically on reload.
+//!
+//! Requests are classified on their canonical path ([`crate::canonical`]). Matching is
+//! deliberately loose where web frameworks are: letter case of literal segments
+//! (unless `proxy.case_sensitive_routes`), a `;parameter` suffix on a segment, a
+//! trailing slash, the case of the method, and `HEAD` for a `GET` rule.
 
 use crate::config::{RouteKind, RouteSettings};
 use billing_model::UsageType;
@@ -40,6 +45,7 @@ enum Segment {
 
 #[derive(Debug, Clone)]
 struct Rule {
+    /// Upper case.
     method: Method,
     segments: Vec<Segment>,
     /// A trailing `/*`: any (possibly empty) rest.
@@ -61,10 +67,16 @@ pub struct RouteError {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     rules: Vec<Rule>,
+    case_sensitive: bool,
 }
 
 impl RouteTable {
+    /// Rules that ignore the letter case of literal segments.
     pub fn from_settings(settings: &[RouteSettings]) -> Result<Self, RouteError> {
+        Self::build(settings, false)
+    }
+
+    pub fn build(settings: &[RouteSettings], case_sensitive: bool) -> Result<Self, RouteError> {
         let mut rules = Vec::with_capacity(settings.len());
         for (index, s) in settings.iter().enumerate() {
             let fail = |problem: &str| RouteError {
@@ -82,6 +94,10 @@ impl RouteTable {
                 Some(body) => (body, true),
                 None => (s.path.as_str(), false),
             };
+            // Rules are written the way requests are matched: canonical.
+            let body = crate::canonical::canonicalize(body)
+                .map_err(|e| fail(&format!("not a usable path: {e}")))?;
+            let body = body.strip_suffix('/').unwrap_or(&body);
             let mut segments = Vec::new();
             for part in body.split('/').skip(1) {
                 if part.contains('*') {
@@ -91,8 +107,10 @@ impl RouteTable {
                     segments.push(Segment::Param);
                 } else if part.contains(['{', '}']) {
                     return Err(fail("a parameter must be a whole segment, like {id}"));
-                } else {
+                } else if case_sensitive {
                     segments.push(Segment::Literal(part.to_owned()));
+                } else {
+                    segments.push(Segment::Literal(part.to_ascii_lowercase()));
                 }
             }
             let class = match s.kind {
@@ -112,30 +130,48 @@ impl RouteTable {
                 class,
             });
         }
-        Ok(Self { rules })
+        Ok(Self {
+            rules,
+            case_sensitive,
+        })
     }
 
-    /// Classifies a request by method and path (without the query string).
+    /// Classifies a request by method and canonical path (without the query string).
     pub fn classify(&self, method: &Method, path: &str) -> RouteClass {
         self.rules
             .iter()
-            .find(|rule| rule.method == method && rule.matches(path))
+            .find(|rule| rule.accepts(method) && rule.matches(path, self.case_sensitive))
             .map(|rule| rule.class)
             .unwrap_or(RouteClass::Unmetered)
     }
 }
 
 impl Rule {
-    fn matches(&self, path: &str) -> bool {
+    fn accepts(&self, method: &Method) -> bool {
+        let name = method.as_str();
+        // Some frameworks upper-case the method, and all serve HEAD with the GET handler.
+        name.eq_ignore_ascii_case(self.method.as_str())
+            || (self.method == Method::GET && name.eq_ignore_ascii_case("HEAD"))
+    }
+
+    fn matches(&self, path: &str, case_sensitive: bool) -> bool {
         // A trailing slash names the same resource for routing purposes.
         let path = path
             .strip_suffix('/')
             .filter(|p| !p.is_empty())
             .unwrap_or(path);
-        let mut parts = path.split('/').skip(1);
+        let mut parts = path.split('/').skip(1).map(|part| {
+            // `;parameters` (servlet containers strip them before routing).
+            part.split_once(';').map_or(part, |(name, _)| name)
+        });
         for segment in &self.segments {
             match (segment, parts.next()) {
-                (Segment::Literal(want), Some(got)) if want == got => {}
+                (Segment::Literal(want), Some(got))
+                    if if case_sensitive {
+                        want == got
+                    } else {
+                        want.eq_ignore_ascii_case(got)
+                    } => {}
                 (Segment::Param, Some(got)) if !got.is_empty() => {}
                 _ => return false,
             }
@@ -244,5 +280,78 @@ mod tests {
         assert!(RouteTable::from_settings(&[rule("POST", "x", RouteKind::Chat)]).is_err());
         assert!(RouteTable::from_settings(&[rule("POST", "/a*b", RouteKind::Chat)]).is_err());
         assert!(RouteTable::from_settings(&[rule("P O", "/a", RouteKind::Chat)]).is_err());
+    }
+
+    fn canonical_class(t: &RouteTable, method: &str, raw: &str) -> Option<RouteClass> {
+        let path = crate::canonical::canonicalize(raw).ok()?;
+        Some(t.classify(&Method::from_bytes(method.as_bytes()).unwrap(), &path))
+    }
+
+    /// No spelling of the metered route that a loosely routing upstream would serve
+    /// as ticket creation is classified unmetered: it is metered, or refused (400).
+    #[test]
+    fn every_spelling_of_a_metered_route_is_metered_or_refused() {
+        let t = table();
+        for raw in [
+            "/api/v1/tickets",
+            "/api/v1//tickets",
+            "/api/v1/%74ickets",
+            "/api/v1/./tickets",
+            "/API/v1/tickets",
+            "/api/v1/TICKETS",
+            "//api/v1/tickets",
+            "/api/v1/x/../tickets",
+            "/api/v1/tickets/",
+            "/api/v1/tickets;jsessionid=1",
+            "/api/v1/tickets/.",
+        ] {
+            for method in ["POST", "post", "Post"] {
+                assert!(
+                    matches!(
+                        canonical_class(&t, method, raw),
+                        Some(RouteClass::Metered { .. })
+                    ),
+                    "{method} {raw}"
+                );
+            }
+        }
+        assert_eq!(canonical_class(&t, "POST", "/api/v1/tickets%2F"), None);
+        assert_eq!(canonical_class(&t, "POST", "/api/v1/tickets%00"), None);
+    }
+
+    #[test]
+    fn case_sensitive_routes_match_only_the_written_case() {
+        let t = RouteTable::build(&[rule("POST", "/api/v1/Tickets", RouteKind::Metered)], true)
+            .unwrap();
+        assert!(matches!(
+            t.classify(&Method::POST, "/api/v1/Tickets"),
+            RouteClass::Metered { .. }
+        ));
+        assert_eq!(
+            t.classify(&Method::POST, "/api/v1/tickets"),
+            RouteClass::Unmetered
+        );
+    }
+
+    #[test]
+    fn a_get_rule_covers_head() {
+        let t = RouteTable::from_settings(&[rule("GET", "/api/v1/report", RouteKind::Metered)])
+            .unwrap();
+        assert!(matches!(
+            t.classify(&Method::HEAD, "/api/v1/report"),
+            RouteClass::Metered { .. }
+        ));
+    }
+
+    #[test]
+    fn a_rule_path_is_canonicalized_and_an_ambiguous_one_rejected() {
+        let t =
+            RouteTable::from_settings(&[rule("POST", "/api//v1/./tickets/", RouteKind::Metered)])
+                .unwrap();
+        assert!(matches!(
+            t.classify(&Method::POST, "/api/v1/tickets"),
+            RouteClass::Metered { .. }
+        ));
+        assert!(RouteTable::from_settings(&[rule("POST", "/a%2Fb", RouteKind::Chat)]).is_err());
     }
 }

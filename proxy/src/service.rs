@@ -1,38 +1,59 @@
 //! The proxy service: the hot path of a request, top to bottom.
 //!
-//! 1. Classify the route; unmetered requests pass straight through.
+//! 1. Canonicalise the path (an ambiguous one is refused with 400) and classify the
+//!    route on it; the canonical path is what goes upstream. Unmetered requests pass
+//!    straight through.
 //! 2. Identify the customer (JWT or trusted header); none → 401.
 //! 3. Look the entitlement up in memory (a miss fills once from the control plane).
-//! 4. Paid overage admits without a reservation. Hard limits reserve in Redis (one
-//!    round trip), unless the customer is known to be exhausted (refused from memory).
-//! 5. On a 2xx from the upstream: log the usage event (before the response leaves) and
-//!    commit the reservation. Otherwise, or if no response comes: release it.
+//! 4. Decide ([`billing_model::admission`]): paid overage admits without a reservation;
+//!    hard limits reserve a unit in Redis (one round trip) unless the customer is
+//!    known to be exhausted (refused from memory). The unit is held, and renewed, for as
+//!    long as the request runs.
+//! 5. On a 2xx from the upstream: make sure the hold still stands (or take a unit again),
+//!    log the usage event (before the response leaves) and commit the reservation off
+//!    the request path. If the unit can be neither held nor logged, the success is
+//!    withheld: a unit delivered is a unit recorded and counted. Otherwise, or if no
+//!    response comes: release it.
 //!
 //! No per-request call to PostgreSQL or to the control plane.
 
-use crate::config::FailurePolicy;
+use crate::canonical;
 use crate::entitlements::{Entitlement, Entitlements};
 use crate::identity::Identity;
 use crate::metrics::ProxyMetrics;
-use crate::problem::{self, Problem};
+use crate::problem::{self, respond};
 use crate::routes::{RouteClass, RouteTable};
-use crate::usage_log::UsageLog;
+use crate::usage_log::{CommitTicket, UsageLog};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use billing_model::counters::{CounterError, CounterRef, Counters};
-use billing_model::identity::IdentityError;
+use billing_model::admission::{
+    self, CounterAnswer, Decision, FailurePolicy, Outcome, Quota, Step,
+};
 use billing_model::{
-    Counter, CounterScope, CustomerId, Enforcement, RedisKeys, RefusalCode, UsageEvent, UsageType,
+    Counter, CounterScope, CustomerId, Enforcement, Problem, RedisKeys, RefusalCode, UsageEvent,
+    UsageType,
 };
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
+use tollgate_runtime::counters::holds::{HoldGuard, Holds};
+use tollgate_runtime::counters::{CounterError, CounterRef, Counters};
+use tollgate_runtime::identity::IdentityError;
+
+/// Headers that make some frameworks treat a request as another method (a `GET` served
+/// as the metered `POST`); never forwarded.
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// The ticket API's reverse proxy.
 pub struct TollgateProxy {
@@ -42,12 +63,13 @@ pub struct TollgateProxy {
     pub identity: Arc<Identity>,
     pub entitlements: Arc<Entitlements>,
     pub counters: Counters,
+    /// Units held by requests in flight, renewed while they run.
+    pub holds: Arc<Holds>,
     pub keys: RedisKeys,
     pub usage_log: Arc<UsageLog>,
     pub metrics: Arc<ProxyMetrics>,
     pub redis_budget: Duration,
     pub failure_policy: FailurePolicy,
-    pub reservation_ttl: Duration,
     /// Where commits and releases run, off the request path.
     pub background: tokio::runtime::Handle,
     pub pending_commits: Arc<AtomicU64>,
@@ -63,8 +85,9 @@ struct Admission {
     usage_type: UsageType,
     units: NonZeroU32,
     counter: CounterRef,
-    /// Whether a unit is held in Redis for this request (hard limits).
-    reserved: bool,
+    /// The unit held in Redis for this request while it runs (hard limits), with the
+    /// limit it was taken under.
+    hold: Option<(HoldGuard, u64, RefusalCode)>,
 }
 
 /// Per-request state.
@@ -74,18 +97,30 @@ pub struct RequestCtx {
     /// client and on every log line about the request.
     request_id: String,
     class: Option<RouteClass>,
+    /// The canonical path and query, when it differs from what the client sent.
+    forward: Option<String>,
     /// Time spent in tollgate's own phases.
     spent: Duration,
     admission: Option<Admission>,
     /// `RateLimit-Policy` and `RateLimit` values for the response.
     ratelimit: Option<(String, String)>,
+    /// The upstream's success is not delivered; this problem is answered instead.
+    withheld: Option<Problem>,
+}
+
+fn ratelimit_headers(quota: &Quota) -> (String, String) {
+    let name = problem::quota_name(quota.scope == CounterScope::Credits);
+    (
+        problem::policy_header(name, quota.limit, quota.window_seconds),
+        problem::ratelimit_header(name, quota.remaining, quota.reset_seconds),
+    )
 }
 
 impl TollgateProxy {
-    fn decision(&self, class: RouteClass, outcome: &str) {
+    fn decision(&self, class: RouteClass, outcome: Outcome) {
         self.metrics
             .decisions
-            .with_label_values(&[class.label(), outcome])
+            .with_label_values(&[class.label(), outcome.label()])
             .inc();
     }
 
@@ -93,7 +128,7 @@ impl TollgateProxy {
         &self,
         session: &mut Session,
         class: RouteClass,
-        outcome: &str,
+        outcome: Outcome,
         problem: &Problem,
         headers: &[(&'static str, String)],
     ) -> Result<bool> {
@@ -101,7 +136,7 @@ impl TollgateProxy {
         // Keep-alive would be fine, but a refused client is often a retrying one; a
         // fresh connection keeps misbehaving clients from pinning workers.
         session.set_keepalive(None);
-        problem::respond(session, problem, headers).await?;
+        respond(session, problem, headers).await?;
         Ok(true)
     }
 
@@ -123,31 +158,12 @@ impl TollgateProxy {
         )
     }
 
-    /// Headers for a hard limit with `remaining` units left.
-    fn limit_headers(
-        entitlement: &Entitlement,
-        scope: CounterScope,
-        limit: u64,
-        remaining: u64,
-        now: OffsetDateTime,
-    ) -> (String, String) {
-        let s = &entitlement.snapshot;
-        let credits = scope == CounterScope::Credits;
-        let name = problem::quota_name(credits);
-        let window = (!credits).then(|| (s.period_end - s.period_start).whole_seconds());
-        let reset = (!credits).then(|| problem::seconds_until(s.period_end, now));
-        (
-            problem::policy_header(name, limit, window),
-            problem::ratelimit_header(name, remaining, reset),
-        )
-    }
-
     async fn identify(
         &self,
         session: &mut Session,
         class: RouteClass,
     ) -> Result<std::result::Result<CustomerId, bool>> {
-        match self.identity.customer(&session.req_header().headers) {
+        match self.identity.customer(&session.req_header().headers).await {
             Ok(c) => Ok(Ok(c)),
             Err(e) => {
                 let code = if e == IdentityError::Missing {
@@ -157,7 +173,7 @@ impl TollgateProxy {
                 };
                 let p = Problem::new(401, code, "Unauthorized", e.to_string());
                 let headers = [("www-authenticate", "Bearer".to_owned())];
-                self.refuse(session, class, "unauthorized", &p, &headers)
+                self.refuse(session, class, Outcome::Unauthorized, &p, &headers)
                     .await
                     .map(Err)
             }
@@ -173,41 +189,25 @@ impl TollgateProxy {
         entitlement: &Arc<Entitlement>,
         now: OffsetDateTime,
     ) -> Result<bool> {
-        let s = &entitlement.snapshot;
         let class = RouteClass::Chat;
-        if let Enforcement::HardLimit {
-            limit,
-            counter: CounterScope::Period,
-            ..
-        } = s.enforcement()
-        {
-            let exhausted = if entitlement.is_known_exhausted() {
-                true
-            } else {
-                let counter = self.counter_for(entitlement, customer, CounterScope::Period, now);
-                let started = Instant::now();
-                let committed = self.counters.committed(&counter, self.redis_budget).await;
-                self.redis_observe("chat_check", started, committed.as_ref().err());
-                match committed {
-                    Ok(used) if used >= limit => {
-                        entitlement.mark_exhausted();
-                        true
-                    }
-                    Ok(_) => false,
-                    // Chat consumes nothing: an unreachable Redis does not close it.
-                    Err(_) => false,
-                }
-            };
-            if exhausted || !s.chat_enabled {
-                let p = Problem::refusal(RefusalCode::ChatDisabled, s, limit, limit);
-                return self.refuse(session, class, "refused_chat", &p, &[]).await;
+        let mut exhausted = entitlement.is_known_exhausted();
+        if let Some(limit) = admission::chat_needs_counter(&entitlement.snapshot, exhausted) {
+            let counter = self.counter_for(entitlement, customer, CounterScope::Period, now);
+            let started = Instant::now();
+            let committed = self.counters.committed(&counter, self.redis_budget).await;
+            self.redis_observe("chat_check", started, committed.as_ref().err());
+            // Chat consumes nothing: an unreachable Redis does not close it.
+            if matches!(committed, Ok(used) if used >= limit) {
+                entitlement.mark_exhausted();
+                exhausted = true;
             }
-        } else if !s.chat_enabled {
-            let limit = s.included_units;
-            let p = Problem::refusal(RefusalCode::ChatDisabled, s, limit, s.units_used);
-            return self.refuse(session, class, "refused_chat", &p, &[]).await;
         }
-        self.decision(class, "admitted");
+        if let Some(p) = admission::chat(&entitlement.snapshot, exhausted) {
+            return self
+                .refuse(session, class, Outcome::RefusedChat, &p, &[])
+                .await;
+        }
+        self.decision(class, Outcome::Admitted);
         Ok(false)
     }
 
@@ -241,172 +241,154 @@ impl TollgateProxy {
     ) -> Result<bool> {
         let class = RouteClass::Metered { usage_type, units };
         let event_id = uuid::Uuid::now_v7();
+        let reservation_id = event_id.simple().to_string();
         let s = &entitlement.snapshot;
-        let (limit, scope, code) = match s.enforcement() {
-            Enforcement::PaidOverage => {
-                let counter = self.counter_for(&entitlement, &customer, CounterScope::Period, now);
-                let used = s.units_used.max(entitlement.observed_used());
-                ctx.ratelimit = Some(Self::limit_headers(
-                    &entitlement,
-                    CounterScope::Period,
-                    s.included_units,
-                    s.included_units.saturating_sub(used),
-                    now,
-                ));
-                self.admit(
-                    ctx,
-                    Admission {
-                        event_id,
-                        customer,
-                        entitlement,
-                        usage_type,
-                        units,
-                        counter,
-                        reserved: false,
-                    },
-                );
-                self.decision(class, "admitted_overage");
-                return Ok(false);
-            }
+        let (scope, hard) = match s.enforcement() {
+            Enforcement::PaidOverage => (CounterScope::Period, None),
             Enforcement::HardLimit {
                 limit,
                 counter,
                 code,
-            } => (limit, counter, code),
+            } => (counter, Some((limit, code))),
         };
-
-        let retry_after = |committed_only: bool| -> Vec<(&'static str, String)> {
-            if !committed_only {
-                // Held only by requests in flight: one of them may give its unit back.
-                vec![("retry-after", "1".to_owned())]
-            } else if code == RefusalCode::UsageLimitExceeded {
-                vec![(
-                    "retry-after",
-                    problem::seconds_until(s.period_end, now).to_string(),
-                )]
-            } else {
-                Vec::new()
-            }
-        };
-
-        if entitlement.is_known_exhausted() {
-            let p = Problem::refusal(code, s, limit, limit);
-            let (policy, rl) = Self::limit_headers(&entitlement, scope, limit, 0, now);
-            let mut headers = retry_after(true);
-            headers.push(("ratelimit-policy", policy));
-            headers.push(("ratelimit", rl));
-            return self
-                .refuse(session, class, "refused_from_memory", &p, &headers)
-                .await;
-        }
-
         let counter = self.counter_for(&entitlement, &customer, scope, now);
-        let started = Instant::now();
-        let reservation = self
-            .counters
-            .reserve(
-                &counter,
-                limit,
-                &event_id.simple().to_string(),
-                units.get(),
-                self.redis_budget,
-            )
-            .await;
-        self.redis_observe("reserve", started, reservation.as_ref().err());
-        match reservation {
-            Ok(r) if r.admitted => {
-                let remaining = limit.saturating_sub(r.committed + r.in_flight);
-                ctx.ratelimit = Some(Self::limit_headers(
-                    &entitlement,
-                    scope,
-                    limit,
-                    remaining,
-                    now,
-                ));
-                self.admit(
-                    ctx,
-                    Admission {
-                        event_id,
-                        customer,
-                        entitlement,
-                        usage_type,
-                        units,
-                        counter,
-                        reserved: true,
+        let answer = match admission::first_step(s, entitlement.is_known_exhausted()) {
+            Step::DecideWithoutCounter => CounterAnswer::NotAsked,
+            Step::Reserve { limit, .. } => {
+                let started = Instant::now();
+                let reservation = self
+                    .counters
+                    .reserve(
+                        &counter,
+                        limit,
+                        &reservation_id,
+                        units.get(),
+                        self.redis_budget,
+                    )
+                    .await;
+                self.redis_observe("reserve", started, reservation.as_ref().err());
+                match reservation {
+                    Ok(r) => CounterAnswer::Reserved {
+                        admitted: r.admitted,
+                        committed: r.committed,
+                        in_flight: r.in_flight,
                     },
-                );
-                self.decision(class, "admitted");
-                Ok(false)
-            }
-            Ok(r) => {
-                let committed_only = r.committed + u64::from(units.get()) > limit;
-                if r.committed >= limit {
-                    entitlement.mark_exhausted();
+                    Err(e) => {
+                        tracing::warn!(error = %e, customer = %customer, request_id = %ctx.request_id, policy = ?self.failure_policy, "usage check unavailable");
+                        CounterAnswer::Unavailable
+                    }
                 }
-                let p = Problem::refusal(code, s, limit, r.committed);
-                let remaining = limit.saturating_sub(r.committed + r.in_flight);
-                let (policy, rl) = Self::limit_headers(&entitlement, scope, limit, remaining, now);
-                let mut headers = retry_after(committed_only);
+            }
+        };
+        let Decision {
+            outcome,
+            refusal,
+            quota,
+            retry_after,
+            exhausted,
+        } = admission::decide(
+            s,
+            units.get(),
+            answer,
+            self.failure_policy,
+            entitlement.observed_used(),
+            now,
+        );
+        if exhausted {
+            entitlement.mark_exhausted();
+        }
+        let ratelimit = quota.as_ref().map(ratelimit_headers);
+        if let Some(p) = refusal {
+            let mut headers = Vec::with_capacity(3);
+            if let Some(seconds) = retry_after {
+                headers.push(("retry-after", seconds.to_string()));
+            }
+            if let Some((policy, rl)) = ratelimit {
                 headers.push(("ratelimit-policy", policy));
                 headers.push(("ratelimit", rl));
-                let outcome = match code {
-                    RefusalCode::CreditsExhausted => "refused_credits",
-                    RefusalCode::PaymentRequired => "refused_payment",
-                    _ => "refused_limit",
-                };
-                self.refuse(session, class, outcome, &p, &headers).await
             }
-            Err(e) => match self.failure_policy {
-                FailurePolicy::Deny => {
-                    tracing::warn!(error = %e, customer = %customer, request_id = %ctx.request_id, "usage check unavailable; refusing (policy deny)");
-                    let p = Problem::new(
-                        503,
-                        "usage_check_unavailable",
-                        "Service Unavailable",
-                        "Usage limits cannot be checked right now. Please retry shortly.",
-                    );
-                    self.refuse(
-                        session,
-                        class,
-                        "fail_closed",
-                        &p,
-                        &[("retry-after", "1".to_owned())],
-                    )
-                    .await
-                }
-                FailurePolicy::Allow => {
-                    tracing::warn!(error = %e, customer = %customer, request_id = %ctx.request_id, "usage check unavailable; admitting (policy allow)");
-                    self.admit(
-                        ctx,
-                        Admission {
-                            event_id,
-                            customer,
-                            entitlement,
-                            usage_type,
-                            units,
-                            counter,
-                            reserved: false,
-                        },
-                    );
-                    self.decision(class, "fail_open");
-                    Ok(false)
-                }
-            },
+            return self.refuse(session, class, outcome, &p, &headers).await;
         }
-    }
-
-    fn admit(&self, ctx: &mut RequestCtx, admission: Admission) {
+        ctx.ratelimit = ratelimit;
+        let hold = match (outcome.holds_a_unit(), hard) {
+            (true, Some((limit, code))) => Some((
+                self.holds
+                    .register(counter.clone(), reservation_id, units.get()),
+                limit,
+                code,
+            )),
+            _ => None,
+        };
         self.unsettled.fetch_add(1, Ordering::Relaxed);
-        ctx.admission = Some(admission);
+        ctx.admission = Some(Admission {
+            event_id,
+            customer,
+            entitlement,
+            usage_type,
+            units,
+            counter,
+            hold,
+        });
+        self.decision(class, outcome);
+        Ok(false)
     }
 
-    /// The upstream succeeded: the usage event goes to the log now (before the response
-    /// leaves), and the counter is committed off the request path.
-    fn consume(&self, admission: Admission) {
+    /// The upstream succeeded. The unit must be held and logged before the response
+    /// may leave; `Err` is the problem to answer instead.
+    async fn consume(&self, mut admission: Admission) -> std::result::Result<(), Problem> {
         self.unsettled.fetch_sub(1, Ordering::Relaxed);
+        let in_doubt = match &admission.hold {
+            Some((guard, limit, code)) if guard.in_doubt() => {
+                Some((guard.hold().reservation_id.clone(), *limit, *code))
+            }
+            _ => None,
+        };
+        if let Some((reservation_id, limit, code)) = in_doubt {
+            // The hold may have expired (Redis unreachable for most of the TTL) or been
+            // lost: take the unit again if the limit still has room for it.
+            let started = Instant::now();
+            let reclaimed = self
+                .counters
+                .reclaim(
+                    &admission.counter,
+                    limit,
+                    &reservation_id,
+                    admission.units.get(),
+                    self.redis_budget,
+                )
+                .await;
+            self.redis_observe("reclaim", started, reclaimed.as_ref().err());
+            let refusal = match reclaimed {
+                Ok(true) => None,
+                Ok(false) => Some(Problem::refusal(
+                    code,
+                    &admission.entitlement.snapshot,
+                    limit,
+                    limit,
+                )),
+                Err(_) if self.failure_policy == FailurePolicy::Allow => None,
+                Err(_) => Some(Problem::usage_check_unavailable()),
+            };
+            if let Some(problem) = refusal {
+                self.metrics
+                    .holds_lost
+                    .with_label_values(&["withheld"])
+                    .inc();
+                let hold = admission.hold.take().map(|(guard, ..)| guard);
+                self.release_hold(&admission, hold);
+                return Err(problem);
+            }
+            if let Some((guard, ..)) = &admission.hold {
+                guard.confirm();
+            }
+            self.metrics
+                .holds_lost
+                .with_label_values(&["reclaimed"])
+                .inc();
+        }
         let event = UsageEvent {
             event_id: admission.event_id,
-            customer_id: admission.customer,
+            customer_id: admission.customer.clone(),
             usage_type: admission.usage_type,
             quantity: admission.units,
             occurred_at: OffsetDateTime::now_utc(),
@@ -414,34 +396,51 @@ impl TollgateProxy {
             period_end: admission.entitlement.snapshot.period_end,
             ticket_id: None,
         };
-        match self.usage_log.append(&event) {
-            Ok(()) => self.metrics.usage_logged.inc(),
+        let ticket = match self.usage_log.append(&event) {
+            Ok(ticket) => ticket,
             Err(e) => {
                 self.metrics.usage_log_failures.inc();
-                tracing::error!(error = %e, event_id = %event.event_id, customer = %event.customer_id, "usage event could not be logged");
+                tracing::error!(error = %e, event_id = %event.event_id, customer = %event.customer_id, "usage event could not be logged; withholding the response");
+                let hold = admission.hold.take().map(|(guard, ..)| guard);
+                self.release_hold(&admission, hold);
+                return Err(Problem::usage_not_recorded());
             }
-        }
+        };
+        self.metrics.usage_logged.inc();
+        self.commit(admission, ticket);
+        Ok(())
+    }
+
+    /// Commits the counter off the request path; the ticket keeps the event's segment
+    /// from shipping until the commit is done (or abandoned: then the ledger raises the
+    /// counter).
+    fn commit(&self, admission: Admission, ticket: CommitTicket) {
         let counters = self.counters.clone();
         let metrics = self.metrics.clone();
         let pending = self.pending_commits.clone();
-        let give_up = self.reservation_ttl;
-        let reservation = admission
-            .reserved
-            .then(|| admission.event_id.simple().to_string());
+        let give_up = self.counters.reservation_ttl();
         let entitlement = admission.entitlement;
         let counter = admission.counter;
         let units = admission.units.get();
+        let (marker, reserved, hold) = match admission.hold {
+            Some((guard, ..)) => (admission.event_id.simple().to_string(), units, Some(guard)),
+            None => (String::new(), 0, None),
+        };
         pending.fetch_add(1, Ordering::Relaxed);
         self.background.spawn(async move {
             let started = Instant::now();
             let mut delay = Duration::from_millis(20);
             loop {
-                match counters
-                    .commit(&counter, reservation.as_deref(), units)
-                    .await
-                {
-                    Ok(used) => {
-                        entitlement.observe_used(used);
+                match counters.commit(&counter, &marker, reserved, units).await {
+                    Ok(c) => {
+                        if c.hold_lost {
+                            metrics.holds_lost.with_label_values(&["commit"]).inc();
+                            tracing::warn!(
+                                count = c.count,
+                                "a unit was committed after its hold was lost"
+                            );
+                        }
+                        entitlement.observe_used(c.count);
                         break;
                     }
                     Err(e) if started.elapsed() < give_up => {
@@ -451,29 +450,38 @@ impl TollgateProxy {
                         delay = (delay * 2).min(Duration::from_secs(2));
                     }
                     Err(e) => {
-                        // The event is in the usage log; reconciliation restores the
-                        // counter from the ledger.
+                        // The event ships now; the ledger raises the counter.
                         tracing::error!(error = %e, "counter commit abandoned");
                         break;
                     }
                 }
             }
+            // The hold stays registered (and renewed) until its commit has landed.
+            drop(hold);
+            drop(ticket);
             pending.fetch_sub(1, Ordering::Relaxed);
         });
     }
 
     /// Gives a reservation back (upstream failed, or no response came).
-    fn release(&self, admission: Admission) {
+    fn release(&self, mut admission: Admission) {
         self.unsettled.fetch_sub(1, Ordering::Relaxed);
-        if !admission.reserved {
+        let hold = admission.hold.take().map(|(guard, ..)| guard);
+        self.release_hold(&admission, hold);
+    }
+
+    fn release_hold(&self, admission: &Admission, hold: Option<HoldGuard>) {
+        let Some(guard) = hold else {
             return;
-        }
+        };
         let counters = self.counters.clone();
-        let id = admission.event_id.simple().to_string();
+        let counter = admission.counter.clone();
+        let id = guard.hold().reservation_id.clone();
         let units = admission.units.get();
         self.background.spawn(async move {
-            // On failure the reservation expires on its own.
-            if let Err(e) = counters.release(&admission.counter, &id, units).await {
+            // On failure the reservation expires on its own once no longer renewed.
+            drop(guard);
+            if let Err(e) = counters.release(&counter, &id, units).await {
                 tracing::warn!(error = %e, "reservation release failed; it will expire");
             }
         });
@@ -490,7 +498,7 @@ impl ProxyHttp for TollgateProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let started = Instant::now();
-        let class = {
+        let classified = {
             let req = session.req_header();
             ctx.request_id = req
                 .headers
@@ -499,12 +507,35 @@ impl ProxyHttp for TollgateProxy {
                 .filter(|v| !v.is_empty() && v.len() <= 128)
                 .map(str::to_owned)
                 .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
-            self.routes.load().classify(&req.method, req.uri.path())
+            match canonical::canonicalize(req.uri.path()) {
+                Ok(path) => {
+                    let class = self.routes.load().classify(&req.method, &path);
+                    if let Cow::Owned(path) = path {
+                        ctx.forward = Some(match req.uri.query() {
+                            Some(q) => format!("{path}?{q}"),
+                            None => path,
+                        });
+                    }
+                    Ok(class)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let class = match classified {
+            Ok(class) => class,
+            Err(e) => {
+                let p = Problem::new(400, "invalid_path", "Bad Request", e.to_string());
+                let done = self
+                    .refuse(session, RouteClass::Unmetered, Outcome::BadPath, &p, &[])
+                    .await?;
+                ctx.spent += started.elapsed();
+                return Ok(done);
+            }
         };
         ctx.class = Some(class);
         let done = match class {
             RouteClass::Unmetered => {
-                self.decision(class, "passthrough");
+                self.decision(class, Outcome::Passthrough);
                 false
             }
             RouteClass::Chat | RouteClass::Metered { .. } => {
@@ -519,15 +550,16 @@ impl ProxyHttp for TollgateProxy {
                 match self.entitlements.get(&customer, now).await {
                     Err(e) => {
                         tracing::warn!(error = %e, customer = %customer, request_id = %ctx.request_id, "entitlement unavailable");
-                        let p = Problem::new(
-                            503,
-                            "entitlement_unavailable",
-                            "Service Unavailable",
-                            "Your plan cannot be looked up right now. Please retry shortly.",
-                        );
+                        let p = Problem::entitlement_unavailable();
                         let headers = [("retry-after", "1".to_owned())];
-                        self.refuse(session, class, "entitlement_unavailable", &p, &headers)
-                            .await?
+                        self.refuse(
+                            session,
+                            class,
+                            Outcome::EntitlementUnavailable,
+                            &p,
+                            &headers,
+                        )
+                        .await?
                     }
                     Ok(entitlement) => match class {
                         RouteClass::Metered { usage_type, units } => {
@@ -557,6 +589,17 @@ impl ProxyHttp for TollgateProxy {
         upstream_request: &mut pingora::http::RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if let Some(forward) = ctx.forward.take() {
+            let uri = forward
+                .parse::<http::Uri>()
+                .explain_err(ErrorType::InternalError, |e| {
+                    format!("canonical path is not a URI: {e}")
+                })?;
+            upstream_request.set_uri(uri);
+        }
+        for name in METHOD_OVERRIDE_HEADERS {
+            upstream_request.remove_header(name);
+        }
         upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
     }
@@ -586,7 +629,16 @@ impl ProxyHttp for TollgateProxy {
         let started = Instant::now();
         if let Some(admission) = ctx.admission.take() {
             if (200..300).contains(&status) {
-                self.consume(admission);
+                if let Err(problem) = self.consume(admission).await {
+                    ctx.spent += started.elapsed();
+                    let status = problem.status;
+                    ctx.withheld = Some(problem);
+                    // fail_to_proxy answers the problem; the upstream's answer is dropped.
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(status),
+                        "upstream success withheld",
+                    );
+                }
             } else {
                 self.release(admission);
             }
@@ -598,6 +650,37 @@ impl ProxyHttp for TollgateProxy {
         }
         ctx.spent += started.elapsed();
         Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let Some(problem) = ctx.withheld.take() else {
+            return default_fail_to_proxy(session, e).await;
+        };
+        if let Some(class) = ctx.class {
+            self.decision(class, Outcome::Withheld);
+        }
+        session.set_keepalive(None);
+        let headers = [
+            ("retry-after", "1".to_owned()),
+            ("x-request-id", ctx.request_id.clone()),
+        ];
+        if let Err(e) = respond(session, &problem, &headers).await {
+            tracing::warn!(error = %e, "could not answer the withheld response");
+        }
+        FailToProxy {
+            error_code: problem.status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
+        // A withheld success is logged where it is decided.
+        ctx.withheld.is_some()
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
@@ -620,5 +703,30 @@ impl ProxyHttp for TollgateProxy {
                 .with_label_values(&[class.label()])
                 .observe(ctx.spent.as_secs_f64());
         }
+    }
+}
+
+/// pingora's own error answer, for every failure that is not a withheld success.
+async fn default_fail_to_proxy(session: &mut Session, e: &Error) -> FailToProxy {
+    use pingora::ErrorSource;
+    let code = match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    };
+    if code > 0
+        && let Err(e) = session.respond_error(code).await
+    {
+        tracing::warn!(error = %e, "failed to send error response to downstream");
+    }
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
     }
 }

@@ -38,8 +38,9 @@ struct Acknowledgement {
 }
 
 impl Shipper {
-    /// Seals the active segment and ships every sealed one, in order. Stops at the first
-    /// failure so order is kept; returns whether everything was shipped.
+    /// Seals the active segment and ships every sealed one whose counter commits are
+    /// done, in order. Stops at the first failure (or segment still waiting on a
+    /// commit) so order is kept; returns whether nothing failed.
     pub async fn ship_once(&self) -> bool {
         if let Err(e) = self.log.seal() {
             tracing::error!(error = %e, "usage log: cannot seal segment");
@@ -54,10 +55,16 @@ impl Shipper {
         };
         let mut all_shipped = true;
         for segment in segments {
+            if !self.log.commits_done(segment.seq) {
+                // Its units are not counted in Redis yet; shipping them now would let a
+                // counter be raised to the ledger under a commit still on its way.
+                break;
+            }
             if !self.ship_segment(&segment).await {
                 all_shipped = false;
                 break;
             }
+            self.log.shipped(segment.seq);
         }
         let (segments, bytes) = self.log.depth();
         self.metrics.spool_segments.set(segments as i64);

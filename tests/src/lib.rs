@@ -735,14 +735,16 @@ pub fn expired_token(customer: &str) -> anyhow::Result<String> {
 }
 
 fn issue(customer: &str, secret: &str, age: u64, ttl: u64) -> anyhow::Result<String> {
-    use billing_model::identity::TokenIssuer;
-    use billing_model::settings::IdentitySettings;
+    use tollgate_runtime::identity::TokenIssuer;
+    use tollgate_runtime::settings::IdentitySettings;
     let settings = IdentitySettings {
         issuer: "tollgate-test".into(),
         audience: "ticket-api".into(),
         hs256_secret: Some(secret.to_owned().into()),
         jwks_file: None,
         jwks_url: None,
+        jwks_refresh_seconds: 300,
+        jwks_min_refresh_seconds: 10,
         leeway_seconds: 0,
         trusted_header: None,
     };
@@ -756,7 +758,7 @@ fn issue(customer: &str, secret: &str, age: u64, ttl: u64) -> anyhow::Result<Str
     )?)
 }
 
-/// A throwaway P-256 key made for tests only (the same one billing-model's unit tests use).
+/// A throwaway P-256 key made for tests only (the same one tollgate-runtime's unit tests use).
 pub const ES256_TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
 MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgcuSDofCSi7pqDc3W
 UMVDbwlIW7l+AiApwggaM5ik2FuhRANCAAQleUKSlRFHaaqFCe98uBQkTc96Tb5M
@@ -789,4 +791,64 @@ pub fn es256_token(customer: &str) -> anyhow::Result<String> {
         &claims,
         &EncodingKey::from_ec_pem(ES256_TEST_KEY.as_bytes())?,
     )?)
+}
+
+/// Sends a raw HTTP/1.1 request, so the path reaches the server exactly as written,
+/// with the body sent one byte every `gap` (a slow client) or at once (`gap` zero), and
+/// returns the status (0 when no answer came) and the response body.
+pub async fn raw_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    gap: Duration,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new());
+    };
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    if gap.is_zero() {
+        let _ = stream.write_all(body).await;
+    } else {
+        for byte in body {
+            tokio::time::sleep(gap).await;
+            if stream.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+        }
+    }
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Extra `[proxy]` keys for a proxy whose reservations expire after 3 s without
+/// renewal (slow-client tests and the bench's slow-client row).
+pub fn short_reservation_ttl(config: String) -> String {
+    config.replace(
+        "drain_seconds = 3",
+        "drain_seconds = 3\nreservation_ttl_seconds = 3\nupstream_timeout_seconds = 10",
+    )
 }

@@ -10,7 +10,7 @@ use billing_model::{
     PlanId, RedisKeys,
 };
 use rust_decimal::Decimal;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
 use time::OffsetDateTime;
 
@@ -78,6 +78,17 @@ impl Entitlements {
         &self,
         customer: &CustomerId,
     ) -> Result<EntitlementSnapshot, EntitlementError> {
+        let mut conn = self.pool.acquire().await?;
+        self.snapshot_on(&mut conn, customer).await
+    }
+
+    /// [`Entitlements::snapshot`] on one connection (the publisher's, holding the
+    /// customer's lock).
+    pub(crate) async fn snapshot_on(
+        &self,
+        conn: &mut PgConnection,
+        customer: &CustomerId,
+    ) -> Result<EntitlementSnapshot, EntitlementError> {
         let mut redis = self.redis.clone();
         let version: Option<u64> = redis::cmd("GET")
             .arg(self.keys.entitlement_seq())
@@ -94,7 +105,7 @@ impl Entitlements {
                SELECT free_period_anchor FROM customers WHERE customer_id = $1"#,
             customer.as_str()
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await?;
 
         // The anchor comes from the database clock; never compute a period for an
@@ -111,7 +122,7 @@ impl Entitlements {
                LIMIT 1"#,
             customer.as_str()
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await?;
 
         let free = self.catalog.free_plan();
@@ -136,12 +147,12 @@ impl Entitlements {
             customer.as_str(),
             snapshot.period_start
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await?
         .try_into()
         .unwrap_or(0);
 
-        let (purchased, used) = self.credit_units(customer).await?;
+        let (purchased, used) = self.credit_units(conn, customer).await?;
         snapshot.credit_units_purchased = purchased;
         snapshot.credit_units_used = used;
         // Chat is a Free-plan privilege that ends with the allowance; paid plans keep it.
@@ -175,12 +186,12 @@ impl Entitlements {
             _ => return None,
         };
         // A period that has ended while its renewal webhook is still on the way: the
-        // next anniversary period has begun all the same.
-        let period = if now >= end {
-            BillingPeriod::containing(start, now).ok()?
-        } else {
-            BillingPeriod::from_bounds(start, end).ok()?
-        };
+        // next anniversary period has begun all the same (rolled from both bounds, so a
+        // month-end anniversary survives a clamped February).
+        let period = BillingPeriod::from_bounds(start, end)
+            .ok()?
+            .rolled_forward_to(now)
+            .ok()?;
         let included = if status.in_good_standing() {
             plan.included_units()
         } else {
@@ -207,7 +218,11 @@ impl Entitlements {
     /// Credit units bought (minus what expired or was revoked) and credit units used,
     /// the two monotonic numbers the proxy enforces credits with. Summed per unit price
     /// first, so a ticket whose price was split across two grants still counts once.
-    async fn credit_units(&self, customer: &CustomerId) -> Result<(u64, u64), EntitlementError> {
+    async fn credit_units(
+        &self,
+        conn: &mut PgConnection,
+        customer: &CustomerId,
+    ) -> Result<(u64, u64), EntitlementError> {
         let groups = sqlx::query!(
             r#"SELECT unit_price,
                       SUM(CASE WHEN closed_at IS NULL THEN credit_amount ELSE used_amount END)
@@ -217,7 +232,7 @@ impl Entitlements {
                GROUP BY unit_price"#,
             customer.as_str()
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?;
         let units = |amount: Decimal, price: Decimal| -> u64 {
             Money::from_decimal_exact(amount)

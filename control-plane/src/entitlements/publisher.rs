@@ -1,4 +1,10 @@
 //! Publishes entitlement changes to every proxy over Redis pub/sub.
+//!
+//! A customer's publishes are serialized across every control-plane replica by a
+//! PostgreSQL advisory lock held from computing the snapshot until it is on the
+//! channel: a publish that computed later always gets the higher sequence number, so a
+//! snapshot read before a change can never be published after the snapshot that
+//! includes it (proxies keep the highest version).
 
 use super::{EntitlementError, Entitlements};
 use billing_model::{CustomerId, EntitlementSnapshot};
@@ -35,7 +41,24 @@ impl Publisher {
         &self,
         customer: &CustomerId,
     ) -> Result<EntitlementSnapshot, EntitlementError> {
-        let mut snapshot = self.entitlements.snapshot(customer).await?;
+        self.publish_after(customer, std::future::ready(())).await
+    }
+
+    /// [`Publisher::publish`], waiting for `between` after the snapshot is computed and
+    /// before it is sent (tests use it to stand in for a slow publisher).
+    #[doc(hidden)]
+    pub async fn publish_after(
+        &self,
+        customer: &CustomerId,
+        between: impl Future<Output = ()>,
+    ) -> Result<EntitlementSnapshot, EntitlementError> {
+        let mut tx = self.entitlements.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("tollgate:entitlement:{customer}"))
+            .execute(&mut *tx)
+            .await?;
+        let mut snapshot = self.entitlements.snapshot_on(&mut tx, customer).await?;
+        between.await;
         let keys = self.entitlements.keys();
         let payload = serde_json::to_string(&snapshot)
             .map_err(|e| EntitlementError::Inconsistent(e.to_string()))?;
@@ -47,6 +70,7 @@ impl Publisher {
             .arg(payload)
             .invoke_async(&mut redis)
             .await?;
+        tx.commit().await?;
         snapshot.version = seq;
         tracing::info!(customer = %customer, version = seq, plan = %snapshot.plan, "entitlement published");
         Ok(snapshot)

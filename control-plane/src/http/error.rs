@@ -14,9 +14,10 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("invalid {field}: {message}")]
     Validation { field: String, message: String },
-    /// The same refusal the proxy gives: a limit is reached.
+    /// The same refusal the proxy gives for the same decision
+    /// ([`billing_model::admission`]); `Retry-After` seconds when time can clear it.
     #[error("{}", .0.detail)]
-    Refused(Box<Refusal>),
+    Refused(Box<billing_model::Problem>, Option<i64>),
     /// The request conflicts with the customer's state; `code` tells the frontend what
     /// to do instead.
     #[error("{message}")]
@@ -36,30 +37,10 @@ pub enum ApiError {
     /// Too many billing requests from one customer; retry after this many seconds.
     #[error("too many requests: retry after {0} s")]
     RateLimited(u64),
-    /// Redis is unreachable: limits cannot be checked, so nothing is consumed.
-    #[error("usage limits cannot be checked right now")]
-    LimitsUnavailable,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
-}
-
-/// A limit refusal's details (the proxy's problem body, field for field).
-#[derive(Debug, Serialize)]
-pub struct Refusal {
-    #[serde(skip)]
-    pub status: u16,
-    #[serde(skip)]
-    pub code: &'static str,
-    #[serde(skip)]
-    pub detail: String,
-    pub plan: String,
-    pub limit: u64,
-    pub used: u64,
-    #[serde(with = "time::serde::rfc3339")]
-    pub period_end: time::OffsetDateTime,
-    pub upgrade_url: Option<String>,
 }
 
 /// RFC 9457 problem details, plus tollgate's stable `code`.
@@ -74,8 +55,6 @@ pub struct Problem {
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub refusal: Option<Box<Refusal>>,
 }
 
 impl ApiError {
@@ -84,13 +63,11 @@ impl ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-            ApiError::Refused(r) => (
+            // Refusals answer their own body (see `into_response`).
+            ApiError::Refused(r, _) => (
                 StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN),
-                r.code,
+                "refused",
             ),
-            ApiError::LimitsUnavailable => {
-                (StatusCode::SERVICE_UNAVAILABLE, "usage_check_unavailable")
-            }
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::BadWebhook { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::BillingUnavailable => {
@@ -117,19 +94,19 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let refusal = match &self {
-            ApiError::Refused(r) => Some(Box::new(Refusal {
-                status: r.status,
-                code: r.code,
-                detail: r.detail.clone(),
-                plan: r.plan.clone(),
-                limit: r.limit,
-                used: r.used,
-                period_end: r.period_end,
-                upgrade_url: r.upgrade_url.clone(),
-            })),
-            _ => None,
-        };
+        if let ApiError::Refused(problem, retry_after) = self {
+            let mut response = (status, Json(*problem)).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            );
+            if let Some(seconds) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(0)));
+            }
+            return response;
+        }
         let (detail, field) = match &self {
             ApiError::Database(e) => {
                 tracing::error!(error = %e, "database error");
@@ -164,7 +141,6 @@ impl IntoResponse for ApiError {
             code,
             detail,
             field,
-            refusal,
         };
         let mut response = (status, Json(problem)).into_response();
         response.headers_mut().insert(

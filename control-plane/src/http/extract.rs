@@ -88,6 +88,7 @@ impl FromRequestParts<super::AppState> for AuthenticatedCustomer {
         let customer = state
             .identity
             .verify(token.trim())
+            .await
             .map_err(|_| ApiError::Unauthorized("invalid or expired token"))?;
         tracing::Span::current().record("customer", customer.as_str());
         // Only verified customers spend budget, so a stranger cannot exhaust another's.

@@ -19,10 +19,10 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use billing_model::Catalog;
-use billing_model::identity::IdentityVerifier;
 use sqlx::PgPool;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use tollgate_runtime::identity::IdentityVerifier;
 use utoipa_axum::router::OpenApiRouter;
 
 /// Cloned into every handler.
@@ -35,7 +35,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub publisher: Publisher,
     pub service_token: secrecy::SecretString,
-    pub counters: billing_model::counters::Counters,
+    pub counters: tollgate_runtime::counters::Counters,
     /// Stripe, when configured.
     pub stripe: Option<Arc<crate::stripe::StripeGateway>>,
     /// Stripe webhook verification and the inbox worker's wake-up, when configured.

@@ -1,20 +1,22 @@
 //! `POST /api/v1/billing/usage/record` (service token): usage that does not pass through
 //! the proxy, e.g. `agent_interaction` reported by the ticket backend. Same idempotency
 //! (event id), the same limits checked and consumed atomically in the same Redis
-//! counters, the same refusal codes.
+//! counters, and the same decision as the proxy ([`billing_model::admission`]): the same
+//! status, code and body for the same situation.
 
 use super::AppState;
-use super::error::{ApiError, Refusal};
+use super::error::ApiError;
 use super::extract::{ApiJson, ServiceCaller};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use billing_model::counters::CounterRef;
-use billing_model::{Counter, CustomerId, Enforcement, RefusalCode, UsageEvent, UsageType};
+use billing_model::admission::{self, CounterAnswer, FailurePolicy, Step};
+use billing_model::{Counter, CounterScope, CustomerId, Enforcement, UsageEvent, UsageType};
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroU32;
 use std::time::Duration;
 use time::OffsetDateTime;
+use tollgate_runtime::counters::CounterRef;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -49,7 +51,23 @@ pub struct Recorded {
 
 const BUDGET: Duration = Duration::from_secs(1);
 
-#[utoipa::path(post, path = "/api/v1/billing/usage/record", tag = "usage", security(("service_token" = [])), responses((status = 200, description = "recorded (or a duplicate)"), (status = 402, description = "credits_exhausted"), (status = 429, description = "usage_limit_reached")))]
+/// How long a request whose event a concurrent retry is recording waits for that
+/// record to appear before asking the caller to retry.
+const CONCURRENT_RETRY_WAIT: Duration = Duration::from_secs(2);
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/billing/usage/record",
+    tag = "usage",
+    security(("service_token" = [])),
+    responses(
+        (status = 201, description = "recorded"),
+        (status = 200, description = "this event id was recorded before (`status: duplicate`); nothing consumed"),
+        (status = 402, description = "`credits_exhausted` (prepaid credits used up) or `payment_required` (payment lapsed, free allowance used up)"),
+        (status = 403, description = "`usage_limit_exceeded`: the plan's included units for the period are used (Free); `Retry-After` until the period ends"),
+        (status = 503, description = "`usage_check_unavailable`: limits cannot be checked right now; nothing recorded, retry with the same event id"),
+    )
+)]
 async fn record(
     _caller: ServiceCaller,
     State(state): State<AppState>,
@@ -73,13 +91,9 @@ async fn record(
     let snapshot = state.publisher.entitlements().snapshot(&customer).await?;
     let now = OffsetDateTime::now_utc();
     let units = request.quantity;
-    let (scope, limit) = match snapshot.enforcement() {
-        Enforcement::PaidOverage => (billing_model::CounterScope::Period, None),
-        Enforcement::HardLimit {
-            limit,
-            counter,
-            code,
-        } => (counter, Some((limit, code))),
+    let scope = match snapshot.enforcement() {
+        Enforcement::PaidOverage => CounterScope::Period,
+        Enforcement::HardLimit { counter, .. } => counter,
     };
     let counter = CounterRef::new(
         state.publisher.entitlements().keys(),
@@ -90,31 +104,72 @@ async fn record(
         now,
     );
     let reservation_id = event_id.simple().to_string();
-    let mut remaining = None;
-    if let Some((limit, code)) = limit {
-        let r = state
-            .counters
-            .reserve(&counter, limit, &reservation_id, units.get(), BUDGET)
-            .await
-            .map_err(|_| ApiError::LimitsUnavailable)?;
-        if !r.admitted {
-            let (status, detail) = match code {
-                RefusalCode::CreditsExhausted => (402, "Your prepaid ticket credits are used up."),
-                RefusalCode::PaymentRequired => (402, "Payment is required to continue."),
-                _ => (403, "The plan's included usage for this period is used up."),
-            };
-            return Err(ApiError::Refused(Box::new(Refusal {
-                status,
-                code: code.as_str(),
-                detail: detail.to_owned(),
-                plan: snapshot.plan.to_string(),
-                limit,
-                used: r.committed,
-                period_end: snapshot.period_end,
-                upgrade_url: snapshot.upgrade_url.clone(),
-            })));
+    let answer = match admission::first_step(&snapshot, false) {
+        Step::DecideWithoutCounter => CounterAnswer::NotAsked,
+        Step::Reserve { limit, .. } => {
+            match state
+                .counters
+                .reserve(&counter, limit, &reservation_id, units.get(), BUDGET)
+                .await
+            {
+                Ok(r) => CounterAnswer::Reserved {
+                    admitted: r.admitted,
+                    committed: r.committed,
+                    in_flight: r.in_flight,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "usage check unavailable");
+                    CounterAnswer::Unavailable
+                }
+            }
         }
-        remaining = Some(limit.saturating_sub(r.committed + r.in_flight));
+    };
+    // The control plane has no fallback for an unreachable Redis: nothing is recorded
+    // and the caller retries with the same event id.
+    let decision = admission::decide(&snapshot, units.get(), answer, FailurePolicy::Deny, 0, now);
+    if let Some(problem) = decision.refusal {
+        return Err(ApiError::Refused(Box::new(problem), decision.retry_after));
+    }
+    let held = decision.outcome.holds_a_unit();
+    let reserved = if held { units.get() } else { 0 };
+
+    // Count first, record second: the ledger must never hold a unit the counter has
+    // not counted, or raising the counter to the ledger would count it twice.
+    match state
+        .counters
+        .commit(&counter, &reservation_id, reserved, units.get())
+        .await
+    {
+        Ok(c) if c.duplicate => {
+            // A concurrent retry of this event counted it and is recording it.
+            let deadline = tokio::time::Instant::now() + CONCURRENT_RETRY_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                if crate::ledger::exists(&state.pool, event_id).await? {
+                    return Ok(duplicate());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            return Err(ApiError::Refused(
+                Box::new(billing_model::Problem::usage_check_unavailable()),
+                Some(1),
+            ));
+        }
+        Ok(_) => {}
+        Err(e) if !held => {
+            // Paid overage: the counter only reports; the ledger raises it later.
+            tracing::warn!(error = %e, "counter commit failed; recording anyway (paid overage)");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "counter commit failed; nothing recorded");
+            let _ = state
+                .counters
+                .release(&counter, &reservation_id, units.get())
+                .await;
+            return Err(ApiError::Refused(
+                Box::new(billing_model::Problem::usage_check_unavailable()),
+                Some(1),
+            ));
+        }
     }
     let event = UsageEvent {
         event_id,
@@ -126,33 +181,26 @@ async fn record(
         period_end: snapshot.period_end,
         ticket_id: request.ticket_id,
     };
-    let reserved = limit.is_some().then_some(reservation_id.as_str());
+    let uncommit = || async {
+        if let Err(e) = state
+            .counters
+            .uncommit(&counter, &reservation_id, units.get())
+            .await
+        {
+            tracing::warn!(error = %e, "could not take back a commit whose record failed");
+        }
+    };
     let outcome = match crate::ledger::ingest(&state.pool, std::slice::from_ref(&event)).await {
         Ok(o) => o,
         Err(e) => {
-            if reserved.is_some() {
-                let _ = state
-                    .counters
-                    .release(&counter, &reservation_id, units.get())
-                    .await;
-            }
+            uncommit().await;
             return Err(e.into());
         }
     };
     if outcome.inserted == 0 {
-        // A concurrent retry with the same id won the race: consume nothing twice.
-        if reserved.is_some() {
-            let _ = state
-                .counters
-                .release(&counter, &reservation_id, units.get())
-                .await;
-        }
+        // Recorded before, by a retry whose marker has expired: count nothing twice.
+        uncommit().await;
         return Ok(duplicate());
-    }
-    if let Err(e) = state.counters.commit(&counter, reserved, units.get()).await {
-        // The unit is in the ledger; counters are raised to the ledger on the next
-        // snapshot, and the reservation expires meanwhile.
-        tracing::warn!(error = %e, "counter commit failed after recording usage");
     }
     for customer in &outcome.credit_customers {
         let _ = state.publisher.publish(customer).await;
@@ -168,7 +216,7 @@ async fn record(
         Json(Recorded {
             event_id,
             status: "recorded",
-            remaining,
+            remaining: decision.quota.map(|q| q.remaining).filter(|_| held),
         }),
     ))
 }

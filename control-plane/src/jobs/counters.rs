@@ -23,7 +23,7 @@ pub struct CounterReport {
     pub ahead_units: u64,
 }
 
-const PERIOD_COUNTER_GRACE: i64 = 35 * 24 * 3600;
+use tollgate_runtime::counters::PERIOD_COUNTER_GRACE;
 
 pub async fn reconcile(
     pool: &PgPool,

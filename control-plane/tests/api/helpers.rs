@@ -151,7 +151,7 @@ impl TestApp {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        billing_model::identity::TokenIssuer::new(&settings)
+        tollgate_runtime::identity::TokenIssuer::new(&settings)
             .unwrap()
             .issue(
                 &billing_model::CustomerId::parse(customer).unwrap(),

@@ -3,6 +3,7 @@
 
 mod checkout;
 mod config;
+mod enforcement;
 mod health;
 mod helpers;
 mod internal;

@@ -1,6 +1,6 @@
 //! Configuration sections both binaries read from the same file, so they agree on how a
-//! customer is identified and where the shared counters live. Parsing only: loading
-//! (file + environment) is each binary's job.
+//! customer is identified and where the shared counters live, and the one way a file
+//! plus the environment become a binary's typed configuration ([`load_config`]).
 
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -23,6 +23,15 @@ pub struct IdentitySettings {
     /// A JWKS document served over HTTP(S); fetched at start and refreshed.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// How often the JWKS (file or URL) is read again, in seconds, so an identity
+    /// provider's key rotation is picked up without a restart.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_seconds: u64,
+    /// A token signed with a key id the JWKS does not hold triggers an immediate
+    /// re-read, at most once per this many seconds (unknown ids cannot force a fetch
+    /// per request).
+    #[serde(default = "default_jwks_min_refresh")]
+    pub jwks_min_refresh_seconds: u64,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
@@ -36,11 +45,19 @@ fn default_leeway() -> u64 {
     30
 }
 
+fn default_jwks_refresh() -> u64 {
+    300
+}
+
+fn default_jwks_min_refresh() -> u64 {
+    10
+}
+
 /// Where the shared counters, reservations and the entitlement channel live.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://host:port/db`; a list of nodes when `cluster` is on.
+    /// `redis://host:port/db`.
     pub url: SecretString,
     /// Prepended to every key and channel, so several deployments (or tests) can share
     /// one Redis without seeing each other's data.

@@ -1,9 +1,10 @@
-//! Structured logs through `tracing`; pingora-free, so simpler than the proxy's.
+//! Structured logs through `tracing`, the same for both binaries.
 
-use billing_model::settings::{LogFormat, LogSettings};
+use crate::settings::{LogFormat, LogSettings};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber once; later calls (tests) are ignored.
+/// Installs the global subscriber once; later calls (tests) are ignored. pingora logs
+/// through `log`, which tracing-subscriber's default features bridge.
 pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);

@@ -1,0 +1,466 @@
+//! Exact shared counters in Redis. A hard limit is enforced by reserving a unit before
+//! the request goes upstream (one round trip, one Lua script that counts committed and
+//! in-flight units together), then committing it on success or releasing it otherwise.
+//!
+//! A reservation is a *hold*: it lives as long as its request, because the proxy that
+//! made it renews it while the request runs ([`holds`]); a crashed proxy stops renewing
+//! and its holds expire after the reservation TTL, giving the units back.
+//!
+//! Both the proxy (ticket traffic) and the control plane (usage reported by the ticket
+//! backend) speak this protocol, so it lives here.
+//!
+//! Two rules keep the counter exact:
+//! - **A counter is never behind the ledger.** Every call carries the ledger's figure
+//!   (`seed`, from the entitlement snapshot) and the scripts raise a missing or lower
+//!   counter to it. That never over-counts because a unit reaches the ledger only after
+//!   its commit here has landed (the proxy ships a usage event only once its commit is
+//!   done; the control plane commits before it writes the ledger), so the ledger only
+//!   holds units this counter already counted — unless Redis lost them.
+//! - **A commit counts once.** A reserved commit leaves a marker (the reservation id)
+//!   for twice the reservation TTL, so a retry after a lost answer is a no-op; a commit
+//!   whose hold expired still counts (the unit was delivered) and says so.
+
+pub mod holds;
+
+use billing_model::{Counter, CustomerId, RedisKeys};
+use redis::aio::ConnectionManager;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// How long a hold lasts without renewal (a crashed proxy's units come back after
+/// this), unless configured otherwise (`proxy.reservation_ttl_seconds`).
+pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(120);
+
+/// KEYS: used counter, in-flight set. ARGV: limit, seed, reservation id, reservation
+/// ttl (ms), counter ttl (s, 0 = none), units. A reservation of n units is n members
+/// `<id>#<i>`, so in-flight units are the set's cardinality.
+/// Returns {admitted (0/1), committed, in-flight including this one, seeded (0/1)}.
+const RESERVE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local used = tonumber(redis.call('GET', KEYS[1]))
+local seeded = 0
+local seed = tonumber(ARGV[2])
+if used == nil or used < seed then
+  -- The key is gone (new period, or Redis lost it) or behind the ledger: start from
+  -- what the ledger knows, never from less.
+  used = seed
+  seeded = 1
+  if tonumber(ARGV[5]) > 0 then
+    redis.call('SET', KEYS[1], used, 'EX', ARGV[5])
+  else
+    redis.call('SET', KEYS[1], used)
+  end
+end
+local inflight = redis.call('ZCARD', KEYS[2])
+local units = tonumber(ARGV[6])
+if used + inflight + units > tonumber(ARGV[1]) then
+  return {0, used, inflight, seeded}
+end
+for i = 1, units do
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3] .. '#' .. i)
+end
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
+return {1, used, inflight + units, seeded}
+"#;
+
+/// KEYS: in-flight set. ARGV: reservation ttl (ms), then members. Pushes the expiry of
+/// every member that still exists to now + ttl. Returns the 1-based positions (in ARGV
+/// after the ttl) of members that are gone: holds that expired or that Redis lost.
+const RENEW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local lost = {}
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[i])
+  else
+    lost[#lost + 1] = i - 1
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return lost
+"#;
+
+/// KEYS: used counter, in-flight set. ARGV: limit, seed, reservation id, reservation
+/// ttl (ms), counter ttl (s), units. A hold that was lost while its request ran is
+/// taken again if the limit still has room for it (other in-flight holds included).
+/// Returns 1 when the reservation is held (it still was, or was taken again), else 0.
+const RECLAIM: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local units = tonumber(ARGV[6])
+local present = 0
+for i = 1, units do
+  if redis.call('ZSCORE', KEYS[2], ARGV[3] .. '#' .. i) then present = present + 1 end
+end
+local missing = units - present
+if missing == 0 then return 1 end
+local used = tonumber(redis.call('GET', KEYS[1]))
+if used == nil or used < tonumber(ARGV[2]) then
+  used = tonumber(ARGV[2])
+  if tonumber(ARGV[5]) > 0 then
+    redis.call('SET', KEYS[1], used, 'EX', ARGV[5])
+  else
+    redis.call('SET', KEYS[1], used)
+  end
+end
+if used + redis.call('ZCARD', KEYS[2]) + missing > tonumber(ARGV[1]) then
+  return 0
+end
+for i = 1, units do
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3] .. '#' .. i)
+end
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
+return 1
+"#;
+
+/// KEYS: used counter, in-flight set, committed markers. ARGV: marker id ('' for
+/// none), reserved units (0 without a reservation), units, seed, counter ttl (s),
+/// marker lifetime (ms). Returns {committed count, hold lost (0/1), duplicate (0/1)}.
+const COMMIT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id = ARGV[1]
+local lost = 0
+if id ~= '' then
+  if redis.call('ZSCORE', KEYS[3], id) then
+    return {tonumber(redis.call('GET', KEYS[1]) or '0'), 0, 1}
+  end
+  local reserved = tonumber(ARGV[2])
+  local removed = 0
+  for i = 1, reserved do
+    removed = removed + redis.call('ZREM', KEYS[2], id .. '#' .. i)
+  end
+  if removed < reserved then lost = 1 end
+  local window = tonumber(ARGV[6])
+  redis.call('ZADD', KEYS[3], now, id)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+  redis.call('PEXPIRE', KEYS[3], window)
+end
+local current = tonumber(redis.call('GET', KEYS[1]))
+if current == nil or current < tonumber(ARGV[4]) then
+  if tonumber(ARGV[5]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[5])
+  else
+    redis.call('SET', KEYS[1], ARGV[4])
+  end
+end
+return {redis.call('INCRBY', KEYS[1], ARGV[3]), lost, 0}
+"#;
+
+/// KEYS: used counter, committed markers. ARGV: marker id, units. Takes back a commit
+/// whose unit never became a ledger record (the control plane's ledger write failed).
+const UNCOMMIT: &str = r#"
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local units = math.min(current, tonumber(ARGV[2]))
+redis.call('DECRBY', KEYS[1], units)
+return 1
+"#;
+
+/// Extra lifetime of a period counter past its period end, so late reconciliation and
+/// history still find it.
+pub const PERIOD_COUNTER_GRACE: i64 = 35 * 24 * 3600;
+
+/// Which counter, for whom, and what the ledger last said it held.
+#[derive(Debug, Clone)]
+pub struct CounterRef {
+    pub used_key: String,
+    pub inflight_key: String,
+    pub committed_key: String,
+    /// The ledger's figure: a missing or lower counter is raised to it.
+    pub seed: u64,
+    /// Key lifetime in seconds (0: forever).
+    pub ttl_seconds: u64,
+}
+
+impl CounterRef {
+    pub fn new(
+        keys: &RedisKeys,
+        customer: &CustomerId,
+        counter: Counter,
+        seed: u64,
+        period_end: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Self {
+        let ttl_seconds = match counter {
+            Counter::Period { .. } => {
+                ((period_end - now).whole_seconds() + PERIOD_COUNTER_GRACE).max(1) as u64
+            }
+            Counter::Credits => 0,
+        };
+        Self {
+            used_key: keys.counter(customer, counter),
+            inflight_key: keys.inflight(customer, counter),
+            committed_key: keys.committed(customer, counter),
+            seed,
+            ttl_seconds,
+        }
+    }
+}
+
+/// The outcome of a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    pub admitted: bool,
+    /// Units committed so far in this counter.
+    pub committed: u64,
+    /// Units in flight, including this request's when admitted.
+    pub in_flight: u64,
+    /// The counter was missing and was seeded from the snapshot.
+    pub seeded: bool,
+}
+
+/// The outcome of a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Units committed in this counter after the commit.
+    pub count: u64,
+    /// The reservation had expired (or Redis lost it) before the commit: the unit was
+    /// counted all the same, since it was delivered.
+    pub hold_lost: bool,
+    /// This reservation was committed before (a retry): nothing was counted again.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CounterError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within the budget")]
+    Timeout,
+}
+
+#[derive(Clone)]
+pub struct Counters {
+    redis: ConnectionManager,
+    scripts: std::sync::Arc<Scripts>,
+    reservation_ttl: Duration,
+}
+
+struct Scripts {
+    reserve: redis::Script,
+    renew: redis::Script,
+    reclaim: redis::Script,
+    commit: redis::Script,
+    uncommit: redis::Script,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn members(reservation_id: &str, units: u32) -> Vec<String> {
+    (1..=units)
+        .map(|i| format!("{reservation_id}#{i}"))
+        .collect()
+}
+
+impl Counters {
+    pub fn new(redis: ConnectionManager, reservation_ttl: Duration) -> Self {
+        Self {
+            redis,
+            scripts: std::sync::Arc::new(Scripts {
+                reserve: redis::Script::new(RESERVE),
+                renew: redis::Script::new(RENEW),
+                reclaim: redis::Script::new(RECLAIM),
+                commit: redis::Script::new(COMMIT),
+                uncommit: redis::Script::new(UNCOMMIT),
+            }),
+            reservation_ttl,
+        }
+    }
+
+    /// How long a hold lasts without renewal.
+    pub fn reservation_ttl(&self) -> Duration {
+        self.reservation_ttl
+    }
+
+    /// Reserves `units` under `limit` for `reservation_id`.
+    ///
+    /// When Redis does not answer within `budget` the script may still run: the
+    /// reservation is then released right behind it (same connection, so in order),
+    /// so a timed-out request never leaves a phantom hold behind.
+    pub async fn reserve(
+        &self,
+        counter: &CounterRef,
+        limit: u64,
+        reservation_id: &str,
+        units: u32,
+        budget: Duration,
+    ) -> Result<Reservation, CounterError> {
+        let mut conn = self.redis.clone();
+        let mut invocation = self.scripts.reserve.key(&counter.used_key);
+        invocation
+            .key(&counter.inflight_key)
+            .arg(limit)
+            .arg(counter.seed)
+            .arg(reservation_id)
+            .arg(ms(self.reservation_ttl))
+            .arg(counter.ttl_seconds)
+            .arg(units);
+        let answer = tokio::time::timeout(
+            budget,
+            invocation.invoke_async::<(u8, u64, u64, u8)>(&mut conn),
+        )
+        .await;
+        let (admitted, committed, in_flight, seeded) = match answer {
+            Ok(result) => result?,
+            Err(_) => {
+                let this = self.clone();
+                let counter = counter.clone();
+                let id = reservation_id.to_owned();
+                tokio::spawn(async move {
+                    if let Err(e) = this.release(&counter, &id, units).await {
+                        tracing::warn!(error = %e, "releasing a timed-out reservation failed; it will expire");
+                    }
+                });
+                return Err(CounterError::Timeout);
+            }
+        };
+        Ok(Reservation {
+            admitted: admitted == 1,
+            committed,
+            in_flight,
+            seeded: seeded == 1,
+        })
+    }
+
+    /// Pushes the expiry of `reservations` (id, units), all on `counter`, to now + the
+    /// reservation TTL. Returns, for each, whether it was gone (expired or lost).
+    pub async fn renew(
+        &self,
+        counter: &CounterRef,
+        reservations: &[(&str, u32)],
+    ) -> Result<Vec<bool>, CounterError> {
+        let mut owner = Vec::new();
+        let mut invocation = self.scripts.renew.key(&counter.inflight_key);
+        invocation.arg(ms(self.reservation_ttl));
+        for (index, (id, units)) in reservations.iter().enumerate() {
+            for member in members(id, *units) {
+                invocation.arg(member);
+                owner.push(index);
+            }
+        }
+        let mut conn = self.redis.clone();
+        let gone: Vec<usize> = invocation.invoke_async(&mut conn).await?;
+        let mut lost = vec![false; reservations.len()];
+        for position in gone {
+            if let Some(&index) = position.checked_sub(1).and_then(|p| owner.get(p)) {
+                lost[index] = true;
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Takes a lost hold again if `limit` still has room for it; `true` when the
+    /// reservation is held afterwards.
+    pub async fn reclaim(
+        &self,
+        counter: &CounterRef,
+        limit: u64,
+        reservation_id: &str,
+        units: u32,
+        budget: Duration,
+    ) -> Result<bool, CounterError> {
+        let mut conn = self.redis.clone();
+        let mut invocation = self.scripts.reclaim.key(&counter.used_key);
+        invocation
+            .key(&counter.inflight_key)
+            .arg(limit)
+            .arg(counter.seed)
+            .arg(reservation_id)
+            .arg(ms(self.reservation_ttl))
+            .arg(counter.ttl_seconds)
+            .arg(units);
+        let held: u8 = tokio::time::timeout(budget, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| CounterError::Timeout)??;
+        Ok(held == 1)
+    }
+
+    /// Counts `units` delivered units. `reservation_id` (with `reserved` units held
+    /// under it) makes the commit idempotent: a retry of the same id counts nothing.
+    /// Without an id (`""`) the commit simply adds.
+    pub async fn commit(
+        &self,
+        counter: &CounterRef,
+        reservation_id: &str,
+        reserved: u32,
+        units: u32,
+    ) -> Result<Committed, CounterError> {
+        let mut conn = self.redis.clone();
+        let mut invocation = self.scripts.commit.key(&counter.used_key);
+        invocation
+            .key(&counter.inflight_key)
+            .key(&counter.committed_key)
+            .arg(reservation_id)
+            .arg(reserved)
+            .arg(units)
+            .arg(counter.seed)
+            .arg(counter.ttl_seconds)
+            .arg(ms(self.reservation_ttl * 2));
+        let (count, lost, duplicate): (u64, u8, u8) = invocation.invoke_async(&mut conn).await?;
+        Ok(Committed {
+            count,
+            hold_lost: lost == 1,
+            duplicate: duplicate == 1,
+        })
+    }
+
+    /// Takes back the commit of `reservation_id` (`units` units), if it is still
+    /// remembered; for a unit that was counted but could not be recorded.
+    pub async fn uncommit(
+        &self,
+        counter: &CounterRef,
+        reservation_id: &str,
+        units: u32,
+    ) -> Result<bool, CounterError> {
+        let mut conn = self.redis.clone();
+        let mut invocation = self.scripts.uncommit.key(&counter.used_key);
+        invocation
+            .key(&counter.committed_key)
+            .arg(reservation_id)
+            .arg(units);
+        let taken: u8 = invocation.invoke_async(&mut conn).await?;
+        Ok(taken == 1)
+    }
+
+    /// Gives a reservation of `units` back.
+    pub async fn release(
+        &self,
+        counter: &CounterRef,
+        reservation_id: &str,
+        units: u32,
+    ) -> Result<(), CounterError> {
+        let mut conn = self.redis.clone();
+        redis::cmd("ZREM")
+            .arg(&counter.inflight_key)
+            .arg(members(reservation_id, units))
+            .query_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The committed count, never less than the seed (a read-only check).
+    pub async fn committed(
+        &self,
+        counter: &CounterRef,
+        budget: Duration,
+    ) -> Result<u64, CounterError> {
+        let mut conn = self.redis.clone();
+        let value: Option<u64> = tokio::time::timeout(
+            budget,
+            redis::cmd("GET")
+                .arg(&counter.used_key)
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| CounterError::Timeout)??;
+        Ok(value.unwrap_or(0).max(counter.seed))
+    }
+}
