@@ -99,12 +99,17 @@ impl BillingPeriod {
 
     /// The period that follows this one.
     ///
-    /// The anchor's day of month is recovered from this period's two bounds: each is
-    /// the anchor day clamped to its month, and of any two consecutive months one has
-    /// 31 days, so the larger of the two days is the anchor day (Feb 28 → Mar 31 → Apr
-    /// 30 continues correctly from a clamped February).
+    /// The anchor's day of month is recovered from this period's bounds. The end falls
+    /// on the anchor day, unless that day does not exist in the end's month: then the
+    /// end is clamped to the month's last day and the (larger) start day is the anchor
+    /// day (Jan 31 → Feb 28 → Mar 31 → Apr 30 continues correctly). A partial period
+    /// (a trial, a moved billing anchor: [Jan 20, Feb 3)) is followed by whole months
+    /// on its end's day, as Stripe continues it ([Feb 3, Mar 3)).
     pub fn next(&self) -> Result<BillingPeriod, PeriodError> {
-        let anchor_day = self.start.day().max(self.end.day());
+        let end_day = self.end.day();
+        let clamped =
+            end_day == self.end.month().length(self.end.year()) && self.start.day() > end_day;
+        let anchor_day = if clamped { self.start.day() } else { end_day };
         let following = month_index(self.end.date())
             .checked_add(1)
             .ok_or(PeriodError::OutOfRange)?;
@@ -363,5 +368,27 @@ mod tests {
                 BillingPeriod::containing(anchor, instant).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn a_partial_period_is_followed_by_whole_months_on_its_end_day() {
+        let partial = BillingPeriod::from_bounds(
+            datetime!(2024-01-20 09:00 UTC),
+            datetime!(2024-02-03 09:00 UTC),
+        )
+        .unwrap();
+        let next = partial.next().unwrap();
+        assert_eq!(next.start(), datetime!(2024-02-03 09:00 UTC));
+        assert_eq!(next.end(), datetime!(2024-03-03 09:00 UTC));
+        // A partial period ending on a month's last day anchors there too.
+        let partial = BillingPeriod::from_bounds(
+            datetime!(2024-04-10 00:00 UTC),
+            datetime!(2024-04-30 00:00 UTC),
+        )
+        .unwrap();
+        assert_eq!(
+            partial.next().unwrap().end(),
+            datetime!(2024-05-30 00:00 UTC)
+        );
     }
 }

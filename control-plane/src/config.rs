@@ -2,7 +2,6 @@
 
 use secrecy::SecretString;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use tollgate_runtime::settings::{
@@ -24,8 +23,31 @@ pub struct Config {
     pub stripe: Option<StripeSettings>,
     #[serde(default)]
     pub log: LogSettings,
-    #[serde(default, rename = "proxy")]
-    _proxy: IgnoredAny,
+    /// The few `[proxy]` keys the control plane must agree with; the proxy validates
+    /// the rest of its section.
+    #[serde(default)]
+    pub proxy: SharedProxySettings,
+}
+
+/// `[proxy]` keys that are shared: the control plane reserves in the same Redis
+/// counters as the proxies, so it must use their reservation TTL (it sets how long a
+/// hold and a commit marker live).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SharedProxySettings {
+    #[serde(default = "default_reservation_ttl")]
+    pub reservation_ttl_seconds: u64,
+}
+
+impl Default for SharedProxySettings {
+    fn default() -> Self {
+        Self {
+            reservation_ttl_seconds: default_reservation_ttl(),
+        }
+    }
+}
+
+fn default_reservation_ttl() -> u64 {
+    tollgate_runtime::counters::DEFAULT_RESERVATION_TTL.as_secs()
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -100,9 +100,10 @@ impl Application {
             service_token: config.internal.service_token.clone(),
             rate_limit: crate::http::rate_limit(&config.control_plane.http),
             notifications: config.control_plane.notifications.clone().map(Arc::new),
+            // The proxies' TTL: both reserve in the same counters.
             counters: tollgate_runtime::counters::Counters::new(
                 redis_for_counters,
-                tollgate_runtime::counters::DEFAULT_RESERVATION_TTL,
+                std::time::Duration::from_secs(config.proxy.reservation_ttl_seconds.max(3)),
             ),
         };
         Ok(Self {

@@ -9,11 +9,14 @@
 //! 1. The path must start with `/`.
 //! 2. Percent-encoded *unreserved* characters (`A-Z a-z 0-9 - . _ ~`) are decoded;
 //!    every other percent-encoding is kept, with upper-case hex.
-//! 3. Ambiguous spellings are refused (400): an encoded `/` (`%2F`) or `\` (`%5C`), a raw
-//!    `\`, control characters raw or encoded (`%00`–`%1F`, `%7F`), malformed `%`
-//!    escapes, and bytes that do not decode to UTF-8.
+//! 3. Ambiguous spellings are refused (400): an encoded `/` (`%2F`), `\` (`%5C`) or `;`
+//!    (`%3B`), a raw `\`, control characters raw or encoded (`%00`–`%1F`, `%7F`),
+//!    malformed `%` escapes, bytes that do not decode to UTF-8, and non-ASCII letters
+//!    whose Unicode case mapping is ASCII (the Kelvin sign `K` lower-cases to `k`; a
+//!    framework that folds case would read `tic\u{212A}ets` as `tickets`).
 //! 4. Empty segments are dropped (`//` → `/`), `.` segments removed and `..` segments
-//!    resolved (RFC 3986 §5.2.4; never above the root).
+//!    resolved (RFC 3986 §5.2.4; never above the root). A segment that is `.` or `..`
+//!    before a `;parameter` (`..;x`) is a dot segment too, as servlet containers read it.
 //! 5. A trailing slash is kept (some upstreams tell `/x` from `/x/`); matching ignores it.
 //!
 //! Matching ([`crate::routes`]) then ignores letter case of literal segments (unless
@@ -30,6 +33,10 @@ pub enum PathError {
     NotAbsolute,
     #[error("the path contains an encoded '/' (%2F), whose meaning differs between servers")]
     EncodedSlash,
+    #[error("the path contains an encoded ';' (%3B), whose meaning differs between servers")]
+    EncodedSemicolon,
+    #[error("the path contains a character whose case mapping is ASCII (e.g. U+212A KELVIN SIGN)")]
+    CaseConfusable,
     #[error("the path contains a backslash, raw or encoded (%5C)")]
     Backslash,
     #[error("the path contains a control character, raw or encoded")]
@@ -53,6 +60,15 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
+/// Whether a segment is `.` or `..`, ignoring a `;parameter` suffix.
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let name = segment
+        .iter()
+        .position(|&b| b == b';')
+        .map_or(segment, |end| &segment[..end]);
+    name == b"." || name == b".."
+}
+
 /// Whether `path` is already canonical, checked in one pass without allocating: no
 /// `%`, no `\`, no control or non-ASCII bytes, no empty, `.` or `..` segment (a
 /// trailing slash is fine).
@@ -64,7 +80,7 @@ fn already_canonical(path: &[u8]) -> bool {
             b if !(0x21..0x7f).contains(&b) => return false,
             b'/' => {
                 let segment = &path[segment_start..i];
-                if segment.is_empty() || segment == b"." || segment == b".." {
+                if segment.is_empty() || is_dot_segment(segment) {
                     return false;
                 }
                 segment_start = i + 1;
@@ -72,8 +88,13 @@ fn already_canonical(path: &[u8]) -> bool {
             _ => {}
         }
     }
-    let last = &path[segment_start..];
-    last != b"." && last != b".."
+    !is_dot_segment(&path[segment_start..])
+}
+
+/// Whether a non-ASCII character maps to an ASCII one under Unicode case mapping.
+fn case_confusable(c: char) -> bool {
+    !c.is_ascii()
+        && (c.to_lowercase().any(|m| m.is_ascii()) || c.to_uppercase().any(|m| m.is_ascii()))
 }
 
 /// The canonical form of `path` (without the query string); borrowed when the path is
@@ -105,6 +126,7 @@ pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                 let decoded = hi << 4 | lo;
                 match decoded {
                     b'/' => return Err(PathError::EncodedSlash),
+                    b';' => return Err(PathError::EncodedSemicolon),
                     b'\\' => return Err(PathError::Backslash),
                     d if d < 0x20 || d == 0x7f => return Err(PathError::ControlCharacter),
                     d if is_unreserved(d) => normalized.push(d),
@@ -122,6 +144,17 @@ pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             }
             b'\\' => return Err(PathError::Backslash),
             b if b < 0x20 || b == 0x7f => return Err(PathError::ControlCharacter),
+            b if b >= 0x80 => {
+                // A raw non-ASCII byte goes upstream percent-encoded (a URI is ASCII).
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                normalized.extend_from_slice(&[
+                    b'%',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]);
+                fully_decoded.push(b);
+                i += 1;
+            }
             b => {
                 normalized.push(b);
                 fully_decoded.push(b);
@@ -129,8 +162,10 @@ pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             }
         }
     }
-    if std::str::from_utf8(&fully_decoded).is_err() {
-        return Err(PathError::InvalidUtf8);
+    match std::str::from_utf8(&fully_decoded) {
+        Err(_) => return Err(PathError::InvalidUtf8),
+        Ok(text) if text.chars().any(case_confusable) => return Err(PathError::CaseConfusable),
+        Ok(_) => {}
     }
     // Only ASCII was decoded and the rest was copied from a `str`: still UTF-8.
     let normalized = String::from_utf8(normalized).map_err(|_| PathError::InvalidUtf8)?;
@@ -138,16 +173,21 @@ pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     let raw_segments: Vec<&str> = normalized.split('/').skip(1).collect();
     let mut segments: Vec<&str> = Vec::with_capacity(raw_segments.len());
     for segment in &raw_segments {
-        match *segment {
-            "" | "." => {}
+        if segment.is_empty() {
+            continue;
+        }
+        match segment.split(';').next().unwrap_or("") {
+            "." => {}
             ".." => {
                 segments.pop();
             }
-            s => segments.push(s),
+            _ => segments.push(segment),
         }
     }
     // A path that ends in `/`, `/.` or `/..` names a directory-like resource.
-    let trailing = matches!(raw_segments.last(), Some(&("" | "." | "..")));
+    let trailing = raw_segments
+        .last()
+        .is_some_and(|s| s.is_empty() || is_dot_segment(s.as_bytes()));
     let mut out = String::with_capacity(normalized.len());
     for s in &segments {
         out.push('/');
@@ -157,6 +197,23 @@ pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// A query string as it may go into a URI: non-ASCII bytes percent-encoded, the rest
+/// as sent (tollgate never classifies on the query).
+pub fn ascii_query(query: &str) -> Cow<'_, str> {
+    if query.is_ascii() {
+        return Cow::Borrowed(query);
+    }
+    let mut out = String::with_capacity(query.len() * 2);
+    for b in query.bytes() {
+        if b.is_ascii() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -171,6 +228,7 @@ mod tests {
             "/api/v1/tickets/",
             "/a/.well-known/x",
             "/a..b/c.d",
+            "/a;b/c",
         ] {
             assert!(
                 matches!(canonicalize(p), Ok(Cow::Borrowed(q)) if q == p),
@@ -195,10 +253,23 @@ mod tests {
             ("/api/v1/tickets/.", "/api/v1/tickets/"),
             ("/api/v1/tickets/x/..", "/api/v1/tickets/"),
             ("/api/v1/tickets//", "/api/v1/tickets/"),
+            ("/api/v1/x/..;/tickets", "/api/v1/tickets"),
+            ("/api/v1/.;x=1/tickets", "/api/v1/tickets"),
+            ("/api/v1/x/..;y/tickets", "/api/v1/tickets"),
             ("/API/v1/TICKETS", "/API/v1/TICKETS"),
         ] {
             assert_eq!(canonicalize(spelling).unwrap(), canonical, "{spelling}");
         }
+    }
+
+    #[test]
+    fn raw_non_ascii_is_forwarded_percent_encoded() {
+        assert_eq!(
+            canonicalize("/a/\u{e9}t\u{e9}").unwrap(),
+            "/a/%C3%A9t%C3%A9"
+        );
+        assert_eq!(ascii_query("q=\u{e9}&x=1"), "q=%C3%A9&x=1");
+        assert!(matches!(ascii_query("q=a%20b"), Cow::Borrowed(_)));
     }
 
     #[test]
@@ -229,6 +300,10 @@ mod tests {
             ("/api/v1/%7", PathError::BadPercentEncoding),
             ("/api/v1/%zz", PathError::BadPercentEncoding),
             ("/api/v1/%ff%fe", PathError::InvalidUtf8),
+            ("/api/v1/tickets%3Bx", PathError::EncodedSemicolon),
+            ("/api/v1/tic%E2%84%AAets", PathError::CaseConfusable),
+            ("/api/v1/t%C4%B1ckets", PathError::CaseConfusable),
+            ("/api/v1/ticket%C5%BF", PathError::CaseConfusable),
             ("/api/v1/%c3", PathError::InvalidUtf8),
             ("api/v1/tickets", PathError::NotAbsolute),
             ("*", PathError::NotAbsolute),

@@ -46,10 +46,10 @@ impl ProxyMetrics {
                 self.decisions.with_label_values(&[class, outcome.label()]);
             }
         }
-        for place in ["renewal", "commit", "reclaimed", "withheld"] {
+        for place in ["renewal", "commit", "delivered_in_doubt"] {
             self.holds_lost.with_label_values(&[place]);
         }
-        for op in ["reserve", "chat_check", "reclaim"] {
+        for op in ["reserve", "chat_check"] {
             self.redis_seconds.with_label_values(&[op]);
             for kind in ["timeout", "error"] {
                 self.redis_errors.with_label_values(&[op, kind]);
@@ -171,7 +171,7 @@ impl ProxyMetrics {
             )?,
             holds_lost: counter_vec(
                 "reservation_holds_lost_total",
-                "Holds found gone: at renewal, at commit (counted anyway), reclaimed before delivery, or withheld for want of room",
+                "Holds found gone: at renewal (Redis lost them), at commit (counted anyway, the unit was delivered), or in doubt when their request succeeded",
                 &["place"],
             )?,
             holds_live: gauge(

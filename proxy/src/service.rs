@@ -30,8 +30,7 @@ use billing_model::admission::{
     self, CounterAnswer, Decision, FailurePolicy, Outcome, Quota, Step,
 };
 use billing_model::{
-    Counter, CounterScope, CustomerId, Enforcement, Problem, RedisKeys, RefusalCode, UsageEvent,
-    UsageType,
+    Counter, CounterScope, CustomerId, Enforcement, Problem, RedisKeys, UsageEvent, UsageType,
 };
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -46,6 +45,11 @@ use time::OffsetDateTime;
 use tollgate_runtime::counters::holds::{HoldGuard, Holds};
 use tollgate_runtime::counters::{CounterError, CounterRef, Counters};
 use tollgate_runtime::identity::IdentityError;
+
+/// How long a commit is retried while Redis refuses connections (the commit never ran,
+/// so the event can ship and the ledger raise the counter): the usage log is not held
+/// back for a whole reservation TTL by a Redis that is plainly down.
+const REFUSED_COMMIT_GIVE_UP: Duration = Duration::from_secs(5);
 
 /// Headers that make some frameworks treat a request as another method (a `GET` served
 /// as the metered `POST`); never forwarded.
@@ -85,9 +89,10 @@ struct Admission {
     usage_type: UsageType,
     units: NonZeroU32,
     counter: CounterRef,
-    /// The unit held in Redis for this request while it runs (hard limits), with the
-    /// limit it was taken under.
-    hold: Option<(HoldGuard, u64, RefusalCode)>,
+    /// The unit held in Redis for this request while it runs (hard limits).
+    hold: Option<HoldGuard>,
+    /// Under a hard limit (held, or admitted by policy `allow`).
+    hard_limit: bool,
 }
 
 /// Per-request state.
@@ -106,6 +111,8 @@ pub struct RequestCtx {
     ratelimit: Option<(String, String)>,
     /// The upstream's success is not delivered; this problem is answered instead.
     withheld: Option<Problem>,
+    /// A success was withheld (logged where decided, not again as a proxy error).
+    was_withheld: bool,
 }
 
 fn ratelimit_headers(quota: &Quota) -> (String, String) {
@@ -244,12 +251,8 @@ impl TollgateProxy {
         let reservation_id = event_id.simple().to_string();
         let s = &entitlement.snapshot;
         let (scope, hard) = match s.enforcement() {
-            Enforcement::PaidOverage => (CounterScope::Period, None),
-            Enforcement::HardLimit {
-                limit,
-                counter,
-                code,
-            } => (counter, Some((limit, code))),
+            Enforcement::PaidOverage => (CounterScope::Period, false),
+            Enforcement::HardLimit { counter, .. } => (counter, true),
         };
         let counter = self.counter_for(&entitlement, &customer, scope, now);
         let answer = match admission::first_step(s, entitlement.is_known_exhausted()) {
@@ -310,15 +313,10 @@ impl TollgateProxy {
             return self.refuse(session, class, outcome, &p, &headers).await;
         }
         ctx.ratelimit = ratelimit;
-        let hold = match (outcome.holds_a_unit(), hard) {
-            (true, Some((limit, code))) => Some((
-                self.holds
-                    .register(counter.clone(), reservation_id, units.get()),
-                limit,
-                code,
-            )),
-            _ => None,
-        };
+        let hold = outcome.holds_a_unit().then(|| {
+            self.holds
+                .register(counter.clone(), reservation_id, units.get())
+        });
         self.unsettled.fetch_add(1, Ordering::Relaxed);
         ctx.admission = Some(Admission {
             event_id,
@@ -328,62 +326,25 @@ impl TollgateProxy {
             units,
             counter,
             hold,
+            hard_limit: hard,
         });
         self.decision(class, outcome);
         Ok(false)
     }
 
-    /// The upstream succeeded. The unit must be held and logged before the response
-    /// may leave; `Err` is the problem to answer instead.
-    async fn consume(&self, mut admission: Admission) -> std::result::Result<(), Problem> {
+    /// The upstream succeeded. The unit must be logged before the response may leave;
+    /// `Err` is the problem to answer instead.
+    fn consume(&self, mut admission: Admission) -> std::result::Result<(), Box<Problem>> {
         self.unsettled.fetch_sub(1, Ordering::Relaxed);
-        let in_doubt = match &admission.hold {
-            Some((guard, limit, code)) if guard.in_doubt() => {
-                Some((guard.hold().reservation_id.clone(), *limit, *code))
-            }
-            _ => None,
-        };
-        if let Some((reservation_id, limit, code)) = in_doubt {
-            // The hold may have expired (Redis unreachable for most of the TTL) or been
-            // lost: take the unit again if the limit still has room for it.
-            let started = Instant::now();
-            let reclaimed = self
-                .counters
-                .reclaim(
-                    &admission.counter,
-                    limit,
-                    &reservation_id,
-                    admission.units.get(),
-                    self.redis_budget,
-                )
-                .await;
-            self.redis_observe("reclaim", started, reclaimed.as_ref().err());
-            let refusal = match reclaimed {
-                Ok(true) => None,
-                Ok(false) => Some(Problem::refusal(
-                    code,
-                    &admission.entitlement.snapshot,
-                    limit,
-                    limit,
-                )),
-                Err(_) if self.failure_policy == FailurePolicy::Allow => None,
-                Err(_) => Some(Problem::usage_check_unavailable()),
-            };
-            if let Some(problem) = refusal {
-                self.metrics
-                    .holds_lost
-                    .with_label_values(&["withheld"])
-                    .inc();
-                let hold = admission.hold.take().map(|(guard, ..)| guard);
-                self.release_hold(&admission, hold);
-                return Err(problem);
-            }
-            if let Some((guard, ..)) = &admission.hold {
-                guard.confirm();
-            }
+        if let Some(guard) = &admission.hold
+            && guard.in_doubt()
+        {
+            // Redis lost the hold, or could not renew it for most of the TTL: its unit
+            // may have gone to another request. The work is done and delivered, so it
+            // is counted all the same (past the limit if the unit was taken); measured.
             self.metrics
                 .holds_lost
-                .with_label_values(&["reclaimed"])
+                .with_label_values(&["delivered_in_doubt"])
                 .inc();
         }
         let event = UsageEvent {
@@ -399,11 +360,13 @@ impl TollgateProxy {
         let ticket = match self.usage_log.append(&event) {
             Ok(ticket) => ticket,
             Err(e) => {
+                // A unit served must be a unit recorded: without a record it is not
+                // handed out (the client may retry), and its hold is given back.
                 self.metrics.usage_log_failures.inc();
                 tracing::error!(error = %e, event_id = %event.event_id, customer = %event.customer_id, "usage event could not be logged; withholding the response");
-                let hold = admission.hold.take().map(|(guard, ..)| guard);
+                let hold = admission.hold.take();
                 self.release_hold(&admission, hold);
-                return Err(Problem::usage_not_recorded());
+                return Err(Box::new(Problem::usage_not_recorded()));
             }
         };
         self.metrics.usage_logged.inc();
@@ -422,14 +385,25 @@ impl TollgateProxy {
         let entitlement = admission.entitlement;
         let counter = admission.counter;
         let units = admission.units.get();
+        // Hard limits (held, or admitted by policy `allow`) commit with the event id as
+        // marker, so a retry counts once; paid overage without (see the counters
+        // module: the figure only feeds headers).
         let (marker, reserved, hold) = match admission.hold {
-            Some((guard, ..)) => (admission.event_id.simple().to_string(), units, Some(guard)),
+            Some(guard) => {
+                guard.settling();
+                (admission.event_id.simple().to_string(), units, Some(guard))
+            }
+            None if admission.hard_limit => (admission.event_id.simple().to_string(), 0, None),
             None => (String::new(), 0, None),
         };
         pending.fetch_add(1, Ordering::Relaxed);
         self.background.spawn(async move {
             let started = Instant::now();
             let mut delay = Duration::from_millis(20);
+            // Whether an attempt may have run without its answer reaching us; until
+            // then every failure was a refused connection, and giving up early cannot
+            // leave a commit to land after the ledger has raised the counter.
+            let mut uncertain = false;
             loop {
                 match counters.commit(&counter, &marker, reserved, units).await {
                     Ok(c) => {
@@ -443,16 +417,22 @@ impl TollgateProxy {
                         entitlement.observe_used(c.count);
                         break;
                     }
-                    Err(e) if started.elapsed() < give_up => {
+                    Err(e) => {
+                        uncertain |= !e.never_reached_redis();
+                        let limit = if uncertain {
+                            give_up
+                        } else {
+                            REFUSED_COMMIT_GIVE_UP
+                        };
+                        if started.elapsed() >= limit {
+                            // The event ships now; the ledger raises the counter.
+                            tracing::error!(error = %e, "counter commit abandoned");
+                            break;
+                        }
                         metrics.commit_retries.inc();
                         tracing::warn!(error = %e, "counter commit failed; retrying");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(2));
-                    }
-                    Err(e) => {
-                        // The event ships now; the ledger raises the counter.
-                        tracing::error!(error = %e, "counter commit abandoned");
-                        break;
                     }
                 }
             }
@@ -466,7 +446,7 @@ impl TollgateProxy {
     /// Gives a reservation back (upstream failed, or no response came).
     fn release(&self, mut admission: Admission) {
         self.unsettled.fetch_sub(1, Ordering::Relaxed);
-        let hold = admission.hold.take().map(|(guard, ..)| guard);
+        let hold = admission.hold.take();
         self.release_hold(&admission, hold);
     }
 
@@ -507,19 +487,38 @@ impl ProxyHttp for TollgateProxy {
                 .filter(|v| !v.is_empty() && v.len() <= 128)
                 .map(str::to_owned)
                 .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
-            match canonical::canonicalize(req.uri.path()) {
-                Ok(path) => {
-                    let class = self.routes.load().classify(&req.method, &path);
-                    if let Cow::Owned(path) = path {
-                        ctx.forward = Some(match req.uri.query() {
-                            Some(q) => format!("{path}?{q}"),
-                            None => path,
+            // Origin-form (`/path`) is classified on the bytes as sent (pingora's URI
+            // may have replaced what is not UTF-8); absolute-form (`http://host/path`)
+            // on its path, and forwarded in origin-form; any other request target (`*`,
+            // `x:/path`) has no path tollgate could classify.
+            let raw = req.raw_path();
+            let origin_form = raw.first() == Some(&b'/');
+            let absolute_form = matches!(req.uri.scheme_str(), Some("http" | "https"))
+                && req.uri.authority().is_some();
+            let target = if origin_form {
+                match std::str::from_utf8(raw) {
+                    Ok(text) if req.raw_path_is_utf8() => Ok(text
+                        .split_once('?')
+                        .map_or((text, None), |(p, q)| (p, Some(q)))),
+                    _ => Err(canonical::PathError::InvalidUtf8),
+                }
+            } else if absolute_form {
+                Ok((req.uri.path(), req.uri.query()))
+            } else {
+                Err(canonical::PathError::NotAbsolute)
+            };
+            target.and_then(|(path, query)| {
+                canonical::canonicalize(path).map(|canonical| {
+                    let class = self.routes.load().classify(&req.method, &canonical);
+                    if matches!(canonical, Cow::Owned(_)) || !origin_form {
+                        ctx.forward = Some(match query {
+                            Some(q) => format!("{canonical}?{}", canonical::ascii_query(q)),
+                            None => canonical.into_owned(),
                         });
                     }
-                    Ok(class)
-                }
-                Err(e) => Err(e),
-            }
+                    class
+                })
+            })
         };
         let class = match classified {
             Ok(class) => class,
@@ -629,10 +628,11 @@ impl ProxyHttp for TollgateProxy {
         let started = Instant::now();
         if let Some(admission) = ctx.admission.take() {
             if (200..300).contains(&status) {
-                if let Err(problem) = self.consume(admission).await {
+                if let Err(problem) = self.consume(admission) {
                     ctx.spent += started.elapsed();
                     let status = problem.status;
-                    ctx.withheld = Some(problem);
+                    ctx.withheld = Some(*problem);
+                    ctx.was_withheld = true;
                     // fail_to_proxy answers the problem; the upstream's answer is dropped.
                     return Error::e_explain(
                         ErrorType::HTTPStatus(status),
@@ -680,7 +680,7 @@ impl ProxyHttp for TollgateProxy {
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
         // A withheld success is logged where it is decided.
-        ctx.withheld.is_some()
+        ctx.was_withheld
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {

@@ -247,7 +247,7 @@ async fn a_renewed_hold_outlives_the_ttl_and_an_unrenewed_one_does_not() {
 }
 
 #[tokio::test]
-async fn a_hold_found_gone_is_in_doubt_and_reclaimed_only_if_there_is_room() {
+async fn a_hold_found_gone_is_in_doubt_and_its_commit_still_counts() {
     let (counters, counter) = setup(Duration::from_secs(60)).await;
     let holds = Holds::new(counters.clone());
     assert!(
@@ -258,25 +258,71 @@ async fn a_hold_found_gone_is_in_doubt_and_reclaimed_only_if_there_is_room() {
             .admitted
     );
     let guard = holds.register(counter.clone(), "a".into(), 1);
-    // Redis lost the hold (say, a restart), and another request took the unit.
+    holds.renew_all().await;
+    assert!(!guard.in_doubt(), "renewed, present");
+    // Redis lost the hold (say, a restart).
     counters.release(&counter, "a", 1).await.unwrap();
     holds.renew_all().await;
     assert!(guard.in_doubt());
+    assert_eq!(holds.stats().1, 1);
+    let c = counters.commit(&counter, "a", 1, 1).await.unwrap();
+    assert_eq!((c.count, c.hold_lost), (1, true), "delivered, so counted");
+}
+
+#[tokio::test]
+async fn a_hold_removed_by_its_own_commit_is_not_a_loss() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let holds = Holds::new(counters.clone());
     assert!(
         counters
-            .reserve(&counter, 1, "b", 1, BUDGET)
+            .reserve(&counter, 2, "a", 1, BUDGET)
+            .await
+            .unwrap()
+            .admitted
+    );
+    let guard = holds.register(counter.clone(), "a".into(), 1);
+    guard.settling();
+    counters.commit(&counter, "a", 1, 1).await.unwrap();
+    holds.renew_all().await;
+    assert!(!guard.in_doubt());
+    assert_eq!(holds.stats().1, 0);
+}
+
+#[tokio::test]
+async fn a_short_ttl_caller_never_shortens_the_expiry_a_long_ttl_caller_set() {
+    let (long, counter) = setup(Duration::from_secs(600)).await;
+    let client = redis::Client::open(redis_url()).unwrap();
+    let short = Counters::new(
+        redis::aio::ConnectionManager::new(client).await.unwrap(),
+        Duration::from_secs(3),
+    );
+    assert!(
+        long.reserve(&counter, 5, "long", 1, BUDGET)
             .await
             .unwrap()
             .admitted
     );
     assert!(
-        !counters.reclaim(&counter, 1, "a", 1, BUDGET).await.unwrap(),
-        "no room: the unit belongs to the other request now"
+        short
+            .reserve(&counter, 5, "short", 1, BUDGET)
+            .await
+            .unwrap()
+            .admitted
     );
-    counters.release(&counter, "b", 1).await.unwrap();
-    assert!(counters.reclaim(&counter, 1, "a", 1, BUDGET).await.unwrap());
-    guard.confirm();
-    assert!(!guard.in_doubt());
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&counter.inflight_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        pttl > 600_000,
+        "the in-flight set keeps the longer expiry: {pttl} ms"
+    );
 }
 
 #[tokio::test]

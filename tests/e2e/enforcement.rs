@@ -34,7 +34,7 @@ async fn raw_trickled(
 
 /// The spellings the outside test used to create tickets past a Free limit against an
 /// upstream that routes like most web frameworks (the stand-in does).
-const SPELLINGS: [&str; 12] = [
+const SPELLINGS: [&str; 17] = [
     "/api/v1//tickets",
     "/api/v1/%74ickets",
     "/api/v1/./tickets",
@@ -47,6 +47,11 @@ const SPELLINGS: [&str; 12] = [
     "/api/v1/x/%2e%2e/tickets",
     "/api/v1/tickets/",
     "/api/v1/tickets%00",
+    "/api/v1/x/..;/tickets",
+    "/api/v1/tickets%3Bx",
+    "/api/v1/tic%E2%84%AAets",
+    "http://127.0.0.1/api/v1/tickets",
+    "x:/api/v1/tickets",
 ];
 
 #[tokio::test]

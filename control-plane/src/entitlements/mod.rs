@@ -82,6 +82,21 @@ impl Entitlements {
         self.snapshot_on(&mut conn, customer).await
     }
 
+    /// Records a customer seen for the first time (their Free periods run monthly
+    /// from now); nothing for a known one.
+    pub(crate) async fn ensure_customer(
+        &self,
+        customer: &CustomerId,
+    ) -> Result<(), EntitlementError> {
+        sqlx::query(
+            "INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT (customer_id) DO NOTHING",
+        )
+        .bind(customer.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// [`Entitlements::snapshot`] on one connection (the publisher's, holding the
     /// customer's lock).
     pub(crate) async fn snapshot_on(
@@ -94,19 +109,19 @@ impl Entitlements {
             .arg(self.keys.entitlement_seq())
             .query_async(&mut redis)
             .await?;
-        let anchor = sqlx::query_scalar!(
-            r#"WITH inserted AS (
-                   INSERT INTO customers (customer_id) VALUES ($1)
-                   ON CONFLICT (customer_id) DO NOTHING
-                   RETURNING free_period_anchor
-               )
-               SELECT free_period_anchor AS "anchor!" FROM inserted
-               UNION ALL
-               SELECT free_period_anchor FROM customers WHERE customer_id = $1"#,
-            customer.as_str()
+        // Two statements: a second statement sees a row a concurrent first sight
+        // committed while this one's INSERT waited for it (one statement would not).
+        sqlx::query(
+            "INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT (customer_id) DO NOTHING",
         )
-        .fetch_one(&mut *conn)
+        .bind(customer.as_str())
+        .execute(&mut *conn)
         .await?;
+        let anchor: OffsetDateTime =
+            sqlx::query_scalar("SELECT free_period_anchor FROM customers WHERE customer_id = $1")
+                .bind(customer.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
 
         // The anchor comes from the database clock; never compute a period for an
         // instant before it (that would be the period that ended at the anchor).

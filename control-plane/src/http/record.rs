@@ -141,7 +141,14 @@ async fn record(
         .await
     {
         Ok(c) if c.duplicate => {
-            // A concurrent retry of this event counted it and is recording it.
+            // A concurrent retry of this event counted it and is recording it; the unit
+            // this request just reserved is not needed.
+            if held {
+                let _ = state
+                    .counters
+                    .release(&counter, &reservation_id, units.get())
+                    .await;
+            }
             let deadline = tokio::time::Instant::now() + CONCURRENT_RETRY_WAIT;
             while tokio::time::Instant::now() < deadline {
                 if crate::ledger::exists(&state.pool, event_id).await? {
@@ -149,6 +156,14 @@ async fn record(
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            // No record came: the commit that left the marker never got its record
+            // (its answer was lost, or its ledger write failed). Take it back so the
+            // caller's retry counts afresh; if a slow writer records it after all, the
+            // counter is behind the ledger, which reconciliation raises.
+            let _ = state
+                .counters
+                .uncommit(&counter, &reservation_id, units.get())
+                .await;
             return Err(ApiError::Refused(
                 Box::new(billing_model::Problem::usage_check_unavailable()),
                 Some(1),
@@ -160,7 +175,13 @@ async fn record(
             tracing::warn!(error = %e, "counter commit failed; recording anyway (paid overage)");
         }
         Err(e) => {
+            // The commit may have run with its answer lost: take it back (guarded by
+            // its marker, so only if it did) and give the reservation back.
             tracing::warn!(error = %e, "counter commit failed; nothing recorded");
+            let _ = state
+                .counters
+                .uncommit(&counter, &reservation_id, units.get())
+                .await;
             let _ = state
                 .counters
                 .release(&counter, &reservation_id, units.get())

@@ -7,10 +7,12 @@
 //! every third of the TTL in one script call per counter. The registration ends when
 //! the [`HoldGuard`] is dropped (commit, release, or the request going away).
 //!
-//! A hold is *in doubt* when its renewal found it gone, or when no renewal has
-//! succeeded for so long that it may have expired (Redis unreachable). A request whose
-//! hold is in doubt must not deliver a success without taking a unit again first
-//! ([`super::Counters::reclaim`]), so a unit is never handed to two requests.
+//! A hold is *in doubt* when its renewal found it gone (Redis lost it), or when no
+//! renewal has succeeded for so long that it may have expired (Redis unreachable for
+//! two thirds of the TTL). Its unit may then have gone to another request; the commit
+//! still counts it (the unit was delivered), and says so. Renewal only keeps holds
+//! alive; it never lowers a count, so the bound on over-admission is the units whose
+//! holds Redis itself lost.
 
 use super::{CounterRef, Counters};
 use std::collections::HashMap;
@@ -28,6 +30,9 @@ pub struct Hold {
     /// exists (its creation or a successful renewal).
     confirmed_ms: AtomicU64,
     lost: AtomicBool,
+    /// The request succeeded and its commit is on the way (which removes the hold):
+    /// a renewal that finds it gone is not a loss.
+    settling: AtomicBool,
 }
 
 /// The proxy's registry of live holds.
@@ -83,6 +88,7 @@ impl Holds {
             units,
             confirmed_ms: AtomicU64::new(self.now_ms()),
             lost: AtomicBool::new(false),
+            settling: AtomicBool::new(false),
         });
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         self.live
@@ -143,7 +149,9 @@ impl Holds {
             match self.counters.renew(&group[0].counter, &ids).await {
                 Ok(lost) => {
                     for (hold, lost) in group.iter().zip(lost) {
-                        if lost {
+                        if lost && hold.settling.load(Ordering::Relaxed) {
+                            // Committed meanwhile: gone as it should be.
+                        } else if lost {
                             if !hold.lost.swap(true, Ordering::Relaxed) {
                                 self.lost_found.fetch_add(1, Ordering::Relaxed);
                             }
@@ -189,12 +197,10 @@ impl HoldGuard {
         age > self.holds.counters.reservation_ttl() * 2 / 3
     }
 
-    /// Records that the hold was taken again (after [`super::Counters::reclaim`]).
-    pub fn confirm(&self) {
-        self.hold.lost.store(false, Ordering::Relaxed);
-        self.hold
-            .confirmed_ms
-            .fetch_max(self.holds.now_ms(), Ordering::Relaxed);
+    /// The request succeeded and its commit is starting: keep renewing until it lands,
+    /// but a hold the commit removed is not a loss.
+    pub fn settling(&self) {
+        self.hold.settling.store(true, Ordering::Relaxed);
     }
 }
 

@@ -16,9 +16,17 @@
 //!   its commit here has landed (the proxy ships a usage event only once its commit is
 //!   done; the control plane commits before it writes the ledger), so the ledger only
 //!   holds units this counter already counted — unless Redis lost them.
-//! - **A commit counts once.** A reserved commit leaves a marker (the reservation id)
-//!   for twice the reservation TTL, so a retry after a lost answer is a no-op; a commit
-//!   whose hold expired still counts (the unit was delivered) and says so.
+//! - **A commit counts once.** A commit with a marker (the event id) leaves it for
+//!   twice the reservation TTL, so a retry after a lost answer is a no-op; a commit
+//!   whose hold expired still counts (the unit was delivered) and says so. The proxy's
+//!   paid-overage commits carry no marker: at thousands per second per customer the
+//!   markers would cost more memory than the figure is worth (it only feeds the
+//!   remaining-allowance header; the ledger, not Redis, bills overage), so a commit
+//!   retried after a lost answer may count that one unit twice there.
+//!
+//! Every caller must use the same reservation TTL (`proxy.reservation_ttl_seconds`, read
+//! by both binaries from the same file): it sets how long markers are kept. Key expiries
+//! are only ever extended, never shortened.
 
 pub mod holds;
 
@@ -61,7 +69,10 @@ end
 for i = 1, units do
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3] .. '#' .. i)
 end
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
+-- Only ever extend: another caller's holds may need the set longer.
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) * 2 then
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
+end
 return {1, used, inflight + units, seeded}
 "#;
 
@@ -80,42 +91,10 @@ for i = 2, #ARGV do
     lost[#lost + 1] = i - 1
   end
 end
-redis.call('PEXPIRE', KEYS[1], ttl * 2)
+if redis.call('PTTL', KEYS[1]) < ttl * 2 then
+  redis.call('PEXPIRE', KEYS[1], ttl * 2)
+end
 return lost
-"#;
-
-/// KEYS: used counter, in-flight set. ARGV: limit, seed, reservation id, reservation
-/// ttl (ms), counter ttl (s), units. A hold that was lost while its request ran is
-/// taken again if the limit still has room for it (other in-flight holds included).
-/// Returns 1 when the reservation is held (it still was, or was taken again), else 0.
-const RECLAIM: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local units = tonumber(ARGV[6])
-local present = 0
-for i = 1, units do
-  if redis.call('ZSCORE', KEYS[2], ARGV[3] .. '#' .. i) then present = present + 1 end
-end
-local missing = units - present
-if missing == 0 then return 1 end
-local used = tonumber(redis.call('GET', KEYS[1]))
-if used == nil or used < tonumber(ARGV[2]) then
-  used = tonumber(ARGV[2])
-  if tonumber(ARGV[5]) > 0 then
-    redis.call('SET', KEYS[1], used, 'EX', ARGV[5])
-  else
-    redis.call('SET', KEYS[1], used)
-  end
-end
-if used + redis.call('ZCARD', KEYS[2]) + missing > tonumber(ARGV[1]) then
-  return 0
-end
-for i = 1, units do
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3] .. '#' .. i)
-end
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
-return 1
 "#;
 
 /// KEYS: used counter, in-flight set, committed markers. ARGV: marker id ('' for
@@ -139,7 +118,9 @@ if id ~= '' then
   local window = tonumber(ARGV[6])
   redis.call('ZADD', KEYS[3], now, id)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
-  redis.call('PEXPIRE', KEYS[3], window)
+  if redis.call('PTTL', KEYS[3]) < window then
+    redis.call('PEXPIRE', KEYS[3], window)
+  end
 end
 local current = tonumber(redis.call('GET', KEYS[1]))
 if current == nil or current < tonumber(ARGV[4]) then
@@ -235,6 +216,14 @@ pub enum CounterError {
     Timeout,
 }
 
+impl CounterError {
+    /// The command certainly did not run: Redis refused the connection. (A timeout or
+    /// a connection lost mid-call may have run it.)
+    pub fn never_reached_redis(&self) -> bool {
+        matches!(self, CounterError::Redis(e) if e.is_connection_refusal())
+    }
+}
+
 #[derive(Clone)]
 pub struct Counters {
     redis: ConnectionManager,
@@ -245,7 +234,6 @@ pub struct Counters {
 struct Scripts {
     reserve: redis::Script,
     renew: redis::Script,
-    reclaim: redis::Script,
     commit: redis::Script,
     uncommit: redis::Script,
 }
@@ -267,7 +255,6 @@ impl Counters {
             scripts: std::sync::Arc::new(Scripts {
                 reserve: redis::Script::new(RESERVE),
                 renew: redis::Script::new(RENEW),
-                reclaim: redis::Script::new(RECLAIM),
                 commit: redis::Script::new(COMMIT),
                 uncommit: redis::Script::new(UNCOMMIT),
             }),
@@ -282,9 +269,10 @@ impl Counters {
 
     /// Reserves `units` under `limit` for `reservation_id`.
     ///
-    /// When Redis does not answer within `budget` the script may still run: the
-    /// reservation is then released right behind it (same connection, so in order),
-    /// so a timed-out request never leaves a phantom hold behind.
+    /// When Redis does not answer within `budget` (or answers with an error after the
+    /// command may have run, such as a response timeout), the script may still run:
+    /// the reservation is then released right behind it (same connection, so in
+    /// order), so a failed request never leaves a phantom hold behind.
     pub async fn reserve(
         &self,
         counter: &CounterRef,
@@ -309,8 +297,8 @@ impl Counters {
         )
         .await;
         let (admitted, committed, in_flight, seeded) = match answer {
-            Ok(result) => result?,
-            Err(_) => {
+            Ok(Ok(result)) => result,
+            failed => {
                 let this = self.clone();
                 let counter = counter.clone();
                 let id = reservation_id.to_owned();
@@ -319,7 +307,10 @@ impl Counters {
                         tracing::warn!(error = %e, "releasing a timed-out reservation failed; it will expire");
                     }
                 });
-                return Err(CounterError::Timeout);
+                return Err(match failed {
+                    Ok(Err(e)) => CounterError::Redis(e),
+                    _ => CounterError::Timeout,
+                });
             }
         };
         Ok(Reservation {
@@ -355,32 +346,6 @@ impl Counters {
             }
         }
         Ok(lost)
-    }
-
-    /// Takes a lost hold again if `limit` still has room for it; `true` when the
-    /// reservation is held afterwards.
-    pub async fn reclaim(
-        &self,
-        counter: &CounterRef,
-        limit: u64,
-        reservation_id: &str,
-        units: u32,
-        budget: Duration,
-    ) -> Result<bool, CounterError> {
-        let mut conn = self.redis.clone();
-        let mut invocation = self.scripts.reclaim.key(&counter.used_key);
-        invocation
-            .key(&counter.inflight_key)
-            .arg(limit)
-            .arg(counter.seed)
-            .arg(reservation_id)
-            .arg(ms(self.reservation_ttl))
-            .arg(counter.ttl_seconds)
-            .arg(units);
-        let held: u8 = tokio::time::timeout(budget, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| CounterError::Timeout)??;
-        Ok(held == 1)
     }
 
     /// Counts `units` delivered units. `reservation_id` (with `reserved` units held
