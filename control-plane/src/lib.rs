@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod entitlements;
 pub mod http;
+pub mod intents;
 pub mod jobs;
 pub mod ledger;
 pub mod metrics;

@@ -8,6 +8,13 @@
 //! PostgreSQL still leaves exactly one item; the invoice total then equals the ledger's
 //! figure to the cent.
 //!
+//! A period can also end without a renewal: the subscription is cancelled (now, or at
+//! the period end), the customer switches to credits or back to Free, or Stripe ends it
+//! after failed payments. Then there is no renewal draft, so [`bill_ended_subscription`]
+//! bills the last period's overage on an invoice of its own, finalized and charged at
+//! once (ARCHITECTURE.md invariant 10). Both paths share the `overage_charges` row of
+//! the period, so a period is billed once whichever path gets there first.
+//!
 //! Which plan prices a period: the one in effect at its end (an upgrade applies the new
 //! plan's included units and rate to the whole period's usage, as the proxy enforced
 //! it; a downgrade waiting for the period end still bills the plan paid for).
@@ -86,54 +93,37 @@ pub async fn bill_renewal_draft(
     else {
         return Ok(None);
     };
-    let (Ok(period_start), Ok(period_end)) = (
-        OffsetDateTime::from_unix_timestamp(start),
-        OffsetDateTime::from_unix_timestamp(end),
-    ) else {
+    // The period that ended is the one before the renewal's subscription line: it ends
+    // where that line's service period starts. (An invoice's own period_start/end is the
+    // window for attaching pending items; on a renewal it happens to look back one
+    // period, but the lines are what Stripe defines as service periods.)
+    let end = renewal_line_start(invoice).unwrap_or(end);
+    let Ok(period_end) = OffsetDateTime::from_unix_timestamp(end) else {
         return Ok(None);
     };
-    // Serialises concurrent runs for this customer and period; the row check below
-    // makes reruns skip.
-    sqlx::query!(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2::text, 0))",
-        customer,
-        start.to_string()
-    )
-    .execute(&mut **tx)
-    .await?;
-    let billed = sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM overage_charges
-               WHERE customer_id = $1 AND billing_period_start = $2) AS "billed!""#,
-        customer,
-        period_start
-    )
-    .fetch_one(&mut **tx)
-    .await?;
-    if billed {
+    let ledger_start = ledger_period_ending(tx, &customer, period_end).await?;
+    let Some(period_start) =
+        ledger_start.or_else(|| OffsetDateTime::from_unix_timestamp(start).ok())
+    else {
+        return Ok(None);
+    };
+    let start = period_start.unix_timestamp();
+    if !lock_unbilled_period(tx, &customer, period_start).await? {
         return Ok(None);
     }
     let Some(plan) = period_plan(gateway, catalog, subscription, end).await? else {
         return Ok(None);
     };
-    let used = period_usage(tx, &customer, period_start).await?;
-    let units = overage_units(plan.included_units(), used);
-    let amount = overage_amount(plan, used).map_err(|_| OverageError::Overflow)?;
-    let Some(rate) = plan.overage_rate() else {
+    let Some(due) = overage_due(tx, plan, &customer, period_start).await? else {
         return Ok(None);
     };
-    if units == 0 || amount.is_zero() {
-        return Ok(None);
-    }
-    let description = format!(
-        "Overage: {units} tickets × ${rate} beyond {} included ({} plan)",
-        plan.included_units(),
-        plan.name()
-    );
-    let metadata = HashMap::from([
-        ("tollgate_customer_id".to_owned(), customer.clone()),
-        ("tollgate_period_start".to_owned(), start.to_string()),
-        ("tollgate_overage_units".to_owned(), units.to_string()),
-    ]);
+    let Due {
+        units,
+        amount,
+        rate,
+        description,
+        metadata,
+    } = due;
     // The draft is open for about an hour; a worker that gets here later (a backlog, an
     // outage) bills the same amount on the subscription's next invoice instead.
     let still_draft = gateway.invoice_status(invoice_id).await?.as_deref() == Some("draft");
@@ -176,6 +166,192 @@ pub async fn bill_renewal_draft(
     Ok(Some(OverageCharge {
         billed_on,
         customer_id: customer,
+        plan: plan.id().to_string(),
+        units,
+        amount,
+        invoice_item: item,
+    }))
+}
+
+/// The service-period start of the renewal's (non-proration) subscription line.
+fn renewal_line_start(invoice: &Value) -> Option<i64> {
+    invoice["lines"]["data"]
+        .as_array()?
+        .iter()
+        .find_map(|line| {
+            let parent = &line["parent"];
+            let subscription_line = parent["type"] == "subscription_item_details"
+                && parent["subscription_item_details"]["proration"] != Value::Bool(true)
+                && parent["subscription_item_details"]["invoice_item"].is_null();
+            subscription_line
+                .then(|| line["period"]["start"].as_i64())
+                .flatten()
+        })
+}
+
+/// The start of the customer's ledger period that ends at `end`, if usage was recorded
+/// in it (raw or folded).
+async fn ledger_period_ending(
+    tx: &mut Transaction<'_, Postgres>,
+    customer: &str,
+    end: OffsetDateTime,
+) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT billing_period_start FROM usage_records
+         WHERE customer_id = $1 AND billing_period_end = $2
+         UNION ALL
+         SELECT billing_period_start FROM usage_period_totals
+         WHERE customer_id = $1 AND billing_period_end = $2
+         LIMIT 1",
+    )
+    .bind(customer)
+    .bind(end)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Takes the period's lock (concurrent runs for one customer and period serialise) and
+/// says whether the period is still unbilled.
+async fn lock_unbilled_period(
+    tx: &mut Transaction<'_, Postgres>,
+    customer: &str,
+    period_start: OffsetDateTime,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2::text, 0))",
+        customer,
+        period_start.unix_timestamp().to_string()
+    )
+    .execute(&mut **tx)
+    .await?;
+    let billed = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM overage_charges
+               WHERE customer_id = $1 AND billing_period_start = $2) AS "billed!""#,
+        customer,
+        period_start
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(!billed)
+}
+
+/// What a period's overage comes to.
+struct Due {
+    units: u64,
+    amount: Money,
+    rate: Money,
+    description: String,
+    metadata: HashMap<String, String>,
+}
+
+/// The overage `plan` charges for the customer's usage of the period; `None` when
+/// there is none (within the allowance, or a plan without overage).
+async fn overage_due(
+    tx: &mut Transaction<'_, Postgres>,
+    plan: &billing_model::Plan,
+    customer: &str,
+    period_start: OffsetDateTime,
+) -> Result<Option<Due>, OverageError> {
+    let Some(rate) = plan.overage_rate() else {
+        return Ok(None);
+    };
+    let used = period_usage(tx, customer, period_start).await?;
+    let units = overage_units(plan.included_units(), used);
+    let amount = overage_amount(plan, used).map_err(|_| OverageError::Overflow)?;
+    if units == 0 || amount.is_zero() {
+        return Ok(None);
+    }
+    let description = format!(
+        "Overage: {units} tickets × ${rate} beyond {} included ({} plan)",
+        plan.included_units(),
+        plan.name()
+    );
+    let start = period_start.unix_timestamp().to_string();
+    let metadata = HashMap::from([
+        ("tollgate_customer_id".to_owned(), customer.to_owned()),
+        ("tollgate_period_start".to_owned(), start),
+        ("tollgate_overage_units".to_owned(), units.to_string()),
+    ]);
+    Ok(Some(Due {
+        units,
+        amount,
+        rate,
+        description,
+        metadata,
+    }))
+}
+
+/// A subscription that ended (cancelled now or at its period end, a switch to credits
+/// or Free, Stripe ending it after failed payments) has no renewal draft to carry its
+/// last period's overage: bill it on an invoice of its own and charge it at once. Once
+/// per period, shared with the renewal path (`overage_charges`).
+#[allow(clippy::too_many_arguments)]
+pub async fn bill_ended_subscription(
+    tx: &mut Transaction<'_, Postgres>,
+    gateway: &StripeGateway,
+    plan: &billing_model::Plan,
+    customer: &str,
+    stripe_customer: &str,
+    period_start: OffsetDateTime,
+    period_end: OffsetDateTime,
+    payment_method: Option<&str>,
+) -> Result<Option<OverageCharge>, OverageError> {
+    if !lock_unbilled_period(tx, customer, period_start).await? {
+        return Ok(None);
+    }
+    let Some(Due {
+        units,
+        amount,
+        rate,
+        description,
+        metadata,
+    }) = overage_due(tx, plan, customer, period_start).await?
+    else {
+        return Ok(None);
+    };
+    let start = period_start.unix_timestamp().to_string();
+    let key = ["final_overage", customer, start.as_str()];
+    let invoice = gateway
+        .open_standalone_invoice(
+            stripe_customer,
+            payment_method,
+            &format!("Final usage of the {} plan", plan.name()),
+            metadata.clone(),
+            &key,
+        )
+        .await?;
+    let item = gateway
+        .add_invoice_item(
+            stripe_customer,
+            ItemTarget::Draft(&invoice),
+            amount.to_cents(),
+            &description,
+            metadata,
+            &key,
+        )
+        .await?;
+    let status = gateway.finalize_and_pay(&invoice, &key).await?;
+    tracing::info!(customer, units, amount = %amount, invoice = %invoice, status = ?status,
+        "overage of an ended subscription invoiced");
+    sqlx::query!(
+        "INSERT INTO overage_charges (customer_id, billing_period_start, billing_period_end,
+             plan_type, units, unit_rate, amount, stripe_invoice_id, stripe_invoice_item_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        customer,
+        period_start,
+        period_end,
+        plan.id().as_str(),
+        i64::try_from(units).map_err(|_| OverageError::Overflow)?,
+        rate.as_decimal(),
+        amount.as_decimal(),
+        invoice,
+        item
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(Some(OverageCharge {
+        billed_on: invoice,
+        customer_id: customer.to_owned(),
         plan: plan.id().to_string(),
         units,
         amount,

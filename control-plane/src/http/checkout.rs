@@ -3,8 +3,11 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, AuthenticatedCustomer};
-use crate::stripe::{HostedSession, Purchase, StripeGateway, lookup_key};
+use super::extract::{ApiJson, AuthenticatedCustomer, ClientKey};
+use crate::intents::{self, Operation};
+use crate::stripe::{
+    GatewayError, HostedSession, Purchase, SessionState, StripeGateway, lookup_key,
+};
 use axum::Json;
 use axum::extract::{Query, State};
 use billing_model::{BillingModel, CustomerId, Plan, PlanId};
@@ -118,9 +121,73 @@ pub async fn stripe_customer(
     Ok(stored)
 }
 
-#[utoipa::path(post, path = "/api/v1/billing/checkout", tag = "checkout", request_body = CheckoutRequest, security(("customer_jwt" = [])), responses((status = 200, description = "hosted Checkout Session url"), (status = 422, description = "validation_failed")))]
+/// A Checkout Session under the request's purchase intent ([`crate::intents`]): a retry
+/// gets the same open session; a session that completed or expired is never handed out
+/// again (a new purchase gets a new one; a caller-named intent that ended answers 409).
+async fn session_for_intent<F, Fut>(
+    state: &AppState,
+    gateway: &StripeGateway,
+    customer: &CustomerId,
+    client_key: Option<&str>,
+    fingerprint: &str,
+    create: F,
+) -> Result<HostedSession, ApiError>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<HostedSession, GatewayError>>,
+{
+    let ended = |outcome: &str| ApiError::Conflict {
+        code: "purchase_already_completed",
+        message: format!(
+            "the purchase this Idempotency-Key names has {outcome}; send a new key for a new purchase"
+        ),
+    };
+    let intent = intents::open(
+        &state.pool,
+        customer,
+        Operation::Checkout,
+        fingerprint,
+        client_key,
+    )
+    .await?;
+    if let Some(outcome) = &intent.outcome {
+        return Err(ended(outcome));
+    }
+    let session = create(intent.stripe_key.clone()).await?;
+    if intent.replay {
+        // Stripe replays the session as it was created; it may have ended since.
+        let state_now = gateway.checkout_session_state(&session.id).await?;
+        if state_now != SessionState::Open {
+            let outcome = if state_now == SessionState::Complete {
+                intents::Outcome::Completed
+            } else {
+                intents::Outcome::Expired
+            };
+            intents::finish(&state.pool, &intent, outcome).await?;
+            if intent.client_named {
+                return Err(ended(if outcome == intents::Outcome::Completed {
+                    "completed"
+                } else {
+                    "expired"
+                }));
+            }
+            let fresh =
+                intents::new(&state.pool, customer, Operation::Checkout, fingerprint).await?;
+            let session = create(fresh.stripe_key.clone()).await?;
+            intents::attach(&state.pool, &fresh, &session.id).await?;
+            return Ok(session);
+        }
+    }
+    intents::attach(&state.pool, &intent, &session.id).await?;
+    Ok(session)
+}
+
+#[utoipa::path(post, path = "/api/v1/billing/checkout", tag = "checkout", request_body = CheckoutRequest, security(("customer_jwt" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "names the purchase: a retry with it replays; without it, an identical request within 10 minutes does")),
+    responses((status = 200, description = "hosted Checkout Session url"), (status = 409, description = "already_subscribed | billing_model_switch_required | purchase_already_completed"), (status = 422, description = "validation_failed | idempotency_key_reused")))]
 async fn checkout(
     AuthenticatedCustomer(customer): AuthenticatedCustomer,
+    ClientKey(client_key): ClientKey,
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CheckoutRequest>,
 ) -> Result<Json<HostedSession>, ApiError> {
@@ -158,22 +225,36 @@ async fn checkout(
                 .price(&lookup_key(plan.id().as_str(), "monthly"))
                 .await?;
             let stripe_customer = stripe_customer(&state, gateway, &customer).await?;
-            gateway
-                .checkout(
-                    &stripe_customer,
-                    customer.as_str(),
-                    Purchase::Subscription { price: &price },
-                    metadata,
-                    &request.success_url,
-                    &request.cancel_url,
-                    &[
-                        plan.id().as_str(),
-                        "fixed_fee",
-                        &request.success_url,
-                        &request.cancel_url,
-                    ],
-                )
-                .await?
+            let fingerprint = intents::fingerprint(&[
+                "subscription",
+                plan.id().as_str(),
+                &request.success_url,
+                &request.cancel_url,
+            ]);
+            let (stripe_customer, price, metadata) = (&stripe_customer, &price, &metadata);
+            let (success_url, cancel_url) = (&request.success_url, &request.cancel_url);
+            let customer_id = customer.as_str();
+            session_for_intent(
+                &state,
+                gateway,
+                &customer,
+                client_key.as_deref(),
+                &fingerprint,
+                |key| async move {
+                    gateway
+                        .checkout(
+                            stripe_customer,
+                            customer_id,
+                            Purchase::Subscription { price },
+                            metadata.clone(),
+                            success_url,
+                            cancel_url,
+                            &key,
+                        )
+                        .await
+                },
+            )
+            .await?
         }
         BillingModel::CreditBurndown => {
             let units = request
@@ -184,6 +265,7 @@ async fn checkout(
                 &state,
                 gateway,
                 &customer,
+                client_key.as_deref(),
                 plan,
                 units,
                 metadata,
@@ -213,6 +295,7 @@ async fn credits_session(
     state: &AppState,
     gateway: &StripeGateway,
     customer: &CustomerId,
+    client_key: Option<&str>,
     plan: &Plan,
     units: u32,
     mut metadata: HashMap<String, String>,
@@ -244,31 +327,47 @@ async fn credits_session(
         "tollgate_billing_model".to_owned(),
         "credit_burndown".to_owned(),
     );
-    Ok(gateway
-        .checkout(
-            &stripe_customer,
-            customer.as_str(),
-            Purchase::Credits {
-                price: &price,
-                quantity: u64::from(units),
-            },
-            metadata,
-            success_url,
-            cancel_url,
-            &[
-                plan.id().as_str(),
-                "credits",
-                &units.to_string(),
-                success_url,
-                cancel_url,
-            ],
-        )
-        .await?)
+    let fingerprint = intents::fingerprint(&[
+        "credits",
+        plan.id().as_str(),
+        &units.to_string(),
+        success_url,
+        cancel_url,
+    ]);
+    let (stripe_customer, price, metadata) = (&stripe_customer, &price, &metadata);
+    let customer_id = customer.as_str();
+    session_for_intent(
+        state,
+        gateway,
+        customer,
+        client_key,
+        &fingerprint,
+        |key| async move {
+            gateway
+                .checkout(
+                    stripe_customer,
+                    customer_id,
+                    Purchase::Credits {
+                        price,
+                        quantity: u64::from(units),
+                    },
+                    metadata.clone(),
+                    success_url,
+                    cancel_url,
+                    &key,
+                )
+                .await
+        },
+    )
+    .await
 }
 
-#[utoipa::path(post, path = "/api/v1/billing/credits/purchase", tag = "credits", request_body = CreditPurchase, security(("customer_jwt" = [])), responses((status = 200, description = "hosted Checkout Session url for a credit pack"), (status = 409, description = "billing_model_switch_required")))]
+#[utoipa::path(post, path = "/api/v1/billing/credits/purchase", tag = "credits", request_body = CreditPurchase, security(("customer_jwt" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "names the purchase: a retry with it replays; without it, an identical request within 10 minutes does")),
+    responses((status = 200, description = "hosted Checkout Session url for a credit pack"), (status = 409, description = "billing_model_switch_required | purchase_already_completed"), (status = 422, description = "validation_failed | idempotency_key_reused")))]
 async fn purchase_credits(
     AuthenticatedCustomer(customer): AuthenticatedCustomer,
+    ClientKey(client_key): ClientKey,
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreditPurchase>,
 ) -> Result<Json<HostedSession>, ApiError> {
@@ -300,6 +399,7 @@ async fn purchase_credits(
         &state,
         gateway,
         &customer,
+        client_key.as_deref(),
         plan,
         request.units,
         metadata,

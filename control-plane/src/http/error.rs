@@ -34,6 +34,11 @@ pub enum ApiError {
     /// The request body is over the configured limit.
     #[error("the request body is too large")]
     TooLarge,
+    /// An `Idempotency-Key` sent again with a different request.
+    #[error(
+        "this Idempotency-Key was used for a different request; use a new key for a new purchase"
+    )]
+    IdempotencyKeyReused,
     /// Too many billing requests from one customer; retry after this many seconds.
     #[error("too many requests: retry after {0} s")]
     RateLimited(u64),
@@ -83,10 +88,22 @@ impl ApiError {
             ))) => (StatusCode::PAYMENT_REQUIRED, "payment_failed"),
             ApiError::Stripe(_) => (StatusCode::BAD_GATEWAY, "stripe_error"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Database(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }
+        }
+    }
+}
+
+impl From<crate::intents::IntentError> for ApiError {
+    fn from(e: crate::intents::IntentError) -> Self {
+        match e {
+            crate::intents::IntentError::KeyReused => ApiError::IdempotencyKeyReused,
+            crate::intents::IntentError::Database(e) => ApiError::Database(e),
         }
     }
 }

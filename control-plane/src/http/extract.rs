@@ -59,6 +59,36 @@ impl FromRequestParts<super::AppState> for ServiceCaller {
     }
 }
 
+/// The caller's `Idempotency-Key` header (Stripe's convention), when it sent one: it
+/// names one purchase intent ([`crate::intents`]).
+pub struct ClientKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(ClientKey(None));
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= crate::intents::MAX_CLIENT_KEY_LEN
+                    && v.bytes().all(|b| (0x21..0x7f).contains(&b))
+            })
+            .ok_or_else(|| ApiError::Validation {
+                field: "Idempotency-Key".to_owned(),
+                message: format!(
+                    "must be 1 to {} visible ASCII characters",
+                    crate::intents::MAX_CLIENT_KEY_LEN
+                ),
+            })?;
+        Ok(ClientKey(Some(key.to_owned())))
+    }
+}
+
 /// Compares without an early exit, so timing does not reveal a matching prefix.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

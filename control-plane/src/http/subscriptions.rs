@@ -4,7 +4,7 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, AuthenticatedCustomer};
+use super::extract::{ApiJson, AuthenticatedCustomer, ClientKey};
 use crate::stripe::{ProrationPreview, StripeGateway, lookup_key};
 use axum::Json;
 use axum::extract::{Query, State};
@@ -109,10 +109,14 @@ fn no_subscription() -> ApiError {
 /// payment method (otherwise 409 `payment_method_required`: send them to checkout).
 #[utoipa::path(post, path = "/api/v1/billing/subscriptions", tag = "subscriptions",
     request_body = Subscribe, security(("customer_jwt" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "names the purchase: a retry with it replays; without it, an identical request within 10 minutes does (until it succeeded or was declined)")),
     responses((status = 201, description = "subscribed"), (status = 200, description = "already on that plan (free)"),
-              (status = 409, description = "payment_method_required | already_subscribed | billing_model_switch_required")))]
+              (status = 402, description = "payment_failed: the card was declined"),
+              (status = 409, description = "payment_method_required | already_subscribed | billing_model_switch_required"),
+              (status = 422, description = "validation_failed | idempotency_key_reused")))]
 async fn subscribe(
     AuthenticatedCustomer(customer): AuthenticatedCustomer,
+    ClientKey(client_key): ClientKey,
     State(state): State<AppState>,
     ApiJson(request): ApiJson<Subscribe>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -158,7 +162,7 @@ async fn subscribe(
             enter_credit_model(&state, &customer, target).await?;
         }
         BillingModel::FixedFee => {
-            subscribe_fixed(&state, &customer, target).await?;
+            subscribe_fixed(&state, &customer, target, client_key.as_deref()).await?;
         }
     }
     state.publisher.publish(&customer).await?;
@@ -171,6 +175,7 @@ async fn subscribe_fixed(
     state: &AppState,
     customer: &CustomerId,
     target: &Plan,
+    client_key: Option<&str>,
 ) -> Result<(), ApiError> {
     let gateway = gateway(state)?;
     let stripe_customer = super::checkout::stripe_customer(state, &gateway, customer).await?;
@@ -187,22 +192,36 @@ async fn subscribe_fixed(
     let price = gateway
         .price(&lookup_key(target.id().as_str(), "monthly"))
         .await?;
-    // The key changes with every subscription the customer has had, so a retry of this
-    // request replays, while a later re-subscription is a new one.
-    let generation = sqlx::query_scalar!(
-        r#"SELECT COUNT(*) AS "n!" FROM subscriptions WHERE customer_id = $1"#,
-        customer.as_str()
+    // One purchase intent: a retry replays; a re-subscription later, or a retry after
+    // a declined card was fixed, is a new purchase with a new key.
+    let fingerprint = crate::intents::fingerprint(&["subscribe", target.id().as_str()]);
+    let intent = crate::intents::open(
+        &state.pool,
+        customer,
+        crate::intents::Operation::Subscribe,
+        &fingerprint,
+        client_key,
     )
-    .fetch_one(&state.pool)
-    .await?
-    .to_string();
+    .await?;
     let metadata = HashMap::from([
         ("tollgate_customer_id".to_owned(), customer.to_string()),
         ("tollgate_plan".to_owned(), target.id().to_string()),
     ]);
-    let sub = gateway
-        .create_subscription(&stripe_customer, &price, metadata, &[&generation])
-        .await?;
+    let sub = match gateway
+        .create_subscription(&stripe_customer, &price, metadata, &intent.stripe_key)
+        .await
+    {
+        Ok(sub) => sub,
+        Err(e) => {
+            if e.is_declined() {
+                crate::intents::finish(&state.pool, &intent, crate::intents::Outcome::Failed)
+                    .await?;
+            }
+            return Err(e.into());
+        }
+    };
+    crate::intents::attach(&state.pool, &intent, &sub).await?;
+    crate::intents::finish(&state.pool, &intent, crate::intents::Outcome::Completed).await?;
     crate::webhooks::sync_subscription_now(state, &sub).await?;
     Ok(())
 }
@@ -360,7 +379,7 @@ async fn switch_model(
         BillingModel::FixedFee => {
             // The subscription's sync expires the credits in the same transaction.
             let before = open_grants(state, customer).await?;
-            subscribe_fixed(state, customer, target).await?;
+            subscribe_fixed(state, customer, target, None).await?;
             before.saturating_sub(open_grants(state, customer).await?)
         }
     };

@@ -16,7 +16,7 @@ use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
 use stripe_checkout::checkout_session::{
     CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionPaymentIntentData,
-    CreateCheckoutSessionSubscriptionData,
+    CreateCheckoutSessionSubscriptionData, RetrieveCheckoutSession,
 };
 use stripe_core::customer::CreateCustomer;
 use stripe_product::price::ListPrice;
@@ -31,6 +31,16 @@ pub enum GatewayError {
     MissingPrice(String),
     #[error("stripe answered without {0}")]
     Incomplete(&'static str),
+}
+
+impl GatewayError {
+    /// Stripe declined the payment (HTTP 402): the customer must fix their card.
+    pub fn is_declined(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::Stripe(stripe::StripeError::Stripe(_, 402))
+        )
+    }
 }
 
 /// A price as tollgate uses it.
@@ -90,6 +100,7 @@ pub const OPERATIONS: &[&str] = &[
     "price",
     "create_customer",
     "checkout",
+    "retrieve_checkout",
     "portal",
     "preview_price_change",
     "change_price_now",
@@ -102,6 +113,9 @@ pub const OPERATIONS: &[&str] = &[
     "cancel_now_prorated",
     "upcoming_invoice",
     "add_invoice_item",
+    "create_invoice",
+    "finalize_invoice",
+    "pay_invoice",
     "retrieve_subscription",
     "retrieve_invoice",
     "list_events",
@@ -122,6 +136,23 @@ pub fn idempotency(parts: &[&str]) -> RequestStrategy {
         // failing the request.
         Err(_) => RequestStrategy::Once,
     }
+}
+
+/// The idempotency key of a purchase intent ([`crate::intents`]), used as it is.
+pub fn intent_key(key: &str) -> RequestStrategy {
+    match IdempotencyKey::new(key) {
+        Ok(k) => RequestStrategy::Idempotent(k),
+        // Intent keys are short ASCII; keep going without one rather than fail.
+        Err(_) => RequestStrategy::Once,
+    }
+}
+
+/// Where a Checkout Session stands now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Open,
+    Complete,
+    Expired,
 }
 
 impl StripeGateway {
@@ -202,7 +233,7 @@ impl StripeGateway {
         Ok(customer.id.as_str().to_owned())
     }
 
-    /// A Checkout Session; `key_parts` make its idempotency key (the request's content).
+    /// A Checkout Session under the purchase intent's idempotency key.
     #[allow(clippy::too_many_arguments)]
     pub async fn checkout(
         &self,
@@ -212,7 +243,7 @@ impl StripeGateway {
         metadata: HashMap<String, String>,
         success_url: &str,
         cancel_url: &str,
-        key_parts: &[&str],
+        idempotency_key: &str,
     ) -> Result<HostedSession, GatewayError> {
         let (mode, price, quantity) = match purchase {
             Purchase::Subscription { price } => (CheckoutSessionMode::Subscription, price, 1),
@@ -244,17 +275,29 @@ impl StripeGateway {
                 ..CreateCheckoutSessionPaymentIntentData::new()
             }),
         };
-        let mut parts = vec!["checkout", stripe_customer];
-        parts.extend_from_slice(key_parts);
         let session = request
             .customize()
-            .request_strategy(idempotency(&parts))
+            .request_strategy(intent_key(idempotency_key))
             .send(&self.client)
             .timed(&self.api_seconds, "checkout")
             .await?;
         Ok(HostedSession {
             id: session.id.as_str().to_owned(),
             url: session.url.ok_or(GatewayError::Incomplete("url"))?,
+        })
+    }
+
+    /// Where a Checkout Session stands now (a replayed create answers it as it was).
+    pub async fn checkout_session_state(&self, id: &str) -> Result<SessionState, GatewayError> {
+        use stripe_shared::CheckoutSessionStatus;
+        let session = RetrieveCheckoutSession::new(id)
+            .send(&self.client)
+            .timed(&self.api_seconds, "retrieve_checkout")
+            .await?;
+        Ok(match session.status {
+            Some(CheckoutSessionStatus::Complete) => SessionState::Complete,
+            Some(CheckoutSessionStatus::Expired) => SessionState::Expired,
+            _ => SessionState::Open,
         })
     }
 
@@ -316,8 +359,17 @@ impl StripeGateway {
             .send(&self.client)
             .timed(&self.api_seconds, "preview_price_change")
             .await?;
+        // Only the proration lines: a preview also shows pending invoice items (an
+        // overage true-up waiting for the next invoice) and applies the customer's
+        // balance, neither of which the change itself invoices.
         let (mut unused, mut remaining) = (0, 0);
-        for line in &preview.lines.data {
+        let prorations = preview.lines.data.iter().filter(|line| {
+            line.parent
+                .as_ref()
+                .and_then(|p| p.subscription_item_details.as_ref())
+                .is_some_and(|d| d.proration)
+        });
+        for line in prorations {
             if line.amount < 0 {
                 unused += line.amount;
             } else {
@@ -327,7 +379,7 @@ impl StripeGateway {
         Ok(ProrationPreview {
             unused_old_cents: unused,
             remaining_new_cents: remaining,
-            total_cents: preview.amount_due,
+            total_cents: unused + remaining,
         })
     }
 
@@ -463,18 +515,17 @@ impl StripeGateway {
 
     /// Subscribes a customer who already has a default payment method; the first
     /// invoice is charged at once and a decline fails the call (nothing is left behind).
+    /// Runs under the purchase intent's idempotency key.
     pub async fn create_subscription(
         &self,
         stripe_customer: &str,
         price: &PriceRef,
         metadata: HashMap<String, String>,
-        key_parts: &[&str],
+        idempotency_key: &str,
     ) -> Result<String, GatewayError> {
         use stripe_billing::subscription::{
             CreateSubscription, CreateSubscriptionItems, CreateSubscriptionPaymentBehavior,
         };
-        let mut parts = vec!["subscribe", stripe_customer, price.id.as_str()];
-        parts.extend_from_slice(key_parts);
         let sub = CreateSubscription::new()
             .customer(stripe_customer)
             .items(vec![CreateSubscriptionItems {
@@ -485,7 +536,7 @@ impl StripeGateway {
             .metadata(metadata)
             .payment_behavior(CreateSubscriptionPaymentBehavior::ErrorIfIncomplete)
             .customize()
-            .request_strategy(idempotency(&parts))
+            .request_strategy(intent_key(idempotency_key))
             .send(&self.client)
             .timed(&self.api_seconds, "create_subscription")
             .await?;
@@ -620,6 +671,82 @@ pub enum ItemTarget<'a> {
 }
 
 impl StripeGateway {
+    /// A draft invoice of its own for the customer, holding only the items added to it
+    /// later (pending items elsewhere are left alone), charged to `payment_method` when
+    /// given (a Checkout subscription keeps its card on the subscription, not the
+    /// customer). Used to bill what a subscription that has ended still owes.
+    pub async fn open_standalone_invoice(
+        &self,
+        stripe_customer: &str,
+        payment_method: Option<&str>,
+        description: &str,
+        metadata: HashMap<String, String>,
+        key_parts: &[&str],
+    ) -> Result<String, GatewayError> {
+        use stripe_billing::invoice::{CreateInvoice, CreateInvoicePendingInvoiceItemsBehavior};
+        let mut parts = vec!["standalone_invoice", stripe_customer];
+        parts.extend_from_slice(key_parts);
+        let mut request = CreateInvoice::new()
+            .customer(stripe_customer)
+            .auto_advance(false)
+            .collection_method(stripe_shared::InvoiceCollectionMethod::ChargeAutomatically)
+            .pending_invoice_items_behavior(CreateInvoicePendingInvoiceItemsBehavior::Exclude)
+            .description(description)
+            .metadata(metadata);
+        if let Some(pm) = payment_method {
+            request = request.default_payment_method(pm);
+        }
+        let invoice = request
+            .customize()
+            .request_strategy(idempotency(&parts))
+            .send(&self.client)
+            .timed(&self.api_seconds, "create_invoice")
+            .await?;
+        invoice
+            .id
+            .map(|id| id.as_str().to_owned())
+            .ok_or(GatewayError::Incomplete("invoice id"))
+    }
+
+    /// Finalizes a draft and charges it. A declined charge is not an error: the invoice
+    /// stays open (owed), as Stripe's own retries treat it. Returns the status.
+    pub async fn finalize_and_pay(
+        &self,
+        invoice: &str,
+        key_parts: &[&str],
+    ) -> Result<Option<String>, GatewayError> {
+        use stripe_billing::invoice::{FinalizeInvoiceInvoice, PayInvoice};
+        let mut parts = vec!["finalize", invoice];
+        parts.extend_from_slice(key_parts);
+        if self.invoice_status(invoice).await?.as_deref() == Some("draft") {
+            FinalizeInvoiceInvoice::new(invoice)
+                .customize()
+                .request_strategy(idempotency(&parts))
+                .send(&self.client)
+                .timed(&self.api_seconds, "finalize_invoice")
+                .await?;
+        }
+        parts[0] = "pay";
+        let paid = PayInvoice::new(invoice)
+            .off_session(true)
+            .customize()
+            .request_strategy(idempotency(&parts))
+            .send(&self.client)
+            .timed(&self.api_seconds, "pay_invoice")
+            .await;
+        match paid {
+            Ok(i) => Ok(i.status.map(|s| s.as_str().to_owned())),
+            Err(e) => {
+                let e = GatewayError::Stripe(e);
+                if e.is_declined() {
+                    self.invoice_status(invoice).await
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     /// An invoice's status now (`draft`, `open`, `paid`, ...).
     pub async fn invoice_status(&self, invoice: &str) -> Result<Option<String>, GatewayError> {
         use stripe_billing::invoice::RetrieveInvoice;

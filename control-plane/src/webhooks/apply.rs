@@ -147,14 +147,25 @@ async fn apply(
     created: i64,
 ) -> Result<Option<CustomerId>, ApplyError> {
     match kind {
-        "checkout.session.completed" => match object["mode"].as_str() {
-            Some("subscription") => match object["subscription"].as_str() {
-                Some(id) => sync_subscription(state, tx, id).await,
-                None => Ok(None),
-            },
-            Some("payment") => grant_credits(state, tx, object).await,
-            _ => Ok(None),
-        },
+        "checkout.session.completed" => {
+            // The purchase is done: its session is never handed out again.
+            if let Some(session) = object["id"].as_str() {
+                crate::intents::finish_object(
+                    &mut **tx,
+                    session,
+                    crate::intents::Outcome::Completed,
+                )
+                .await?;
+            }
+            match object["mode"].as_str() {
+                Some("subscription") => match object["subscription"].as_str() {
+                    Some(id) => sync_subscription(state, tx, id).await,
+                    None => Ok(None),
+                },
+                Some("payment") => grant_credits(state, tx, object).await,
+                _ => Ok(None),
+            }
+        }
         "customer.subscription.created"
         | "customer.subscription.updated"
         | "customer.subscription.deleted" => match object["id"].as_str() {
@@ -330,6 +341,47 @@ async fn sync_subscription(
     .await?;
     // Whether this sync created the row (a concurrent sync that lost the race updates).
     let created = stored == Some(true);
+    // The subscription ended (cancelled now or at its period end, a switch to credits
+    // or Free, Stripe ending it after failed payments): no renewal draft will carry the
+    // last period's overage, so it is invoiced now (once per period, see `overage`).
+    let ended_now = status == "canceled"
+        && stored.is_some()
+        && before.as_ref().is_none_or(|b| b.status != "canceled");
+    if ended_now
+        && let (Some(start), Some(end)) = (period_start, period_end)
+        && let Some(paid_plan) = state.catalog.get(&plan)
+    {
+        let payment_method = sub
+            .default_payment_method
+            .as_ref()
+            .map(|pm| pm.id().as_str().to_owned());
+        match crate::overage::bill_ended_subscription(
+            tx,
+            gateway,
+            paid_plan,
+            &customer,
+            &stripe_customer,
+            start,
+            end,
+            payment_method.as_deref(),
+        )
+        .await
+        {
+            Ok(Some(charge)) => {
+                state
+                    .metrics
+                    .overage_billed_cents
+                    .inc_by(u64::try_from(charge.amount.to_cents()).unwrap_or(0));
+                state.metrics.overage_units_billed.inc_by(charge.units);
+            }
+            Ok(None) => {}
+            Err(crate::overage::OverageError::Database(e)) => return Err(e.into()),
+            Err(crate::overage::OverageError::Stripe(e)) => return Err(e.into()),
+            Err(e @ crate::overage::OverageError::Overflow) => {
+                tracing::error!(error = %e, "final overage not billed");
+            }
+        }
+    }
     if matches!(status.as_str(), "active" | "trialing" | "past_due") {
         expire_credits_on_switch(tx, &customer, subscription_id).await?;
     }

@@ -391,6 +391,10 @@ async fn overage_of_137_units_on_premium_is_invoiced_once_as_73_63() {
     let mut late = draft.clone();
     late["period_start"] = json!(end.unix_timestamp());
     late["period_end"] = json!(next_end.unix_timestamp());
+    // The next renewal's subscription line starts where that period ends.
+    for line in late["lines"]["data"].as_array_mut().unwrap() {
+        line["period"]["start"] = json!(next_end.unix_timestamp());
+    }
     let mut tx = app.pool.begin().await.unwrap();
     let charge = tollgate_control_plane::overage::bill_renewal_draft(
         &mut tx,

@@ -1,0 +1,173 @@
+//! Every billing period's overage is billed, however the period ends (ARCHITECTURE.md
+//! invariant 10): a renewal (tested in `lifecycle`), a cancellation at the period end, a
+//! cancellation now, a switch to credits. On test clocks against the Stripe stand-in.
+
+use crate::helpers::{TestApp, spawn_app_with_stripe_webhooks};
+use reqwest::Method;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use std::str::FromStr;
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn rfc(t: time::OffsetDateTime) -> Value {
+    json!(
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    )
+}
+
+async fn stored_period(
+    app: &TestApp,
+    customer: &str,
+) -> (time::OffsetDateTime, time::OffsetDateTime) {
+    sqlx::query_as(
+        "SELECT current_period_start, current_period_end FROM subscriptions
+         WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(customer)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+/// A Premium customer on a test clock who used `units` tickets this period.
+async fn premium_with_usage(
+    app: &TestApp,
+    customer: &str,
+    units: usize,
+) -> (String, time::OffsetDateTime) {
+    let clock = app.customer_on_clock(customer, now()).await;
+    app.subscribe_via_checkout(customer, "premium").await;
+    let (start, end) = stored_period(app, customer).await;
+    app.ingest_usage(customer, units, &rfc(start), &rfc(end))
+        .await;
+    (clock, end)
+}
+
+/// The customer's overage charge once it exists: (units, amount, Stripe invoice).
+async fn charged(app: &TestApp, customer: &str) -> (i64, Decimal, String) {
+    app.eventually(
+        "the overage charge",
+        &format!("SELECT count(*) = 1 FROM overage_charges WHERE customer_id = '{customer}'"),
+    )
+    .await;
+    sqlx::query_as(
+        "SELECT units, amount, stripe_invoice_id FROM overage_charges WHERE customer_id = $1",
+    )
+    .bind(customer)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+async fn assert_invoiced(app: &TestApp, invoice: &str, cents: i64) {
+    let invoice = app.stripe_get(&format!("/v1/invoices/{invoice}")).await;
+    assert_eq!(invoice["status"], "paid", "{invoice}");
+    // The total: a credit balance (unused time of a cancelled period) may pay part of it.
+    assert_eq!(invoice["total"], cents, "{invoice}");
+    let lines = invoice["lines"]["data"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "only the overage: {lines:?}");
+}
+
+#[tokio::test]
+async fn cancelling_at_the_period_end_still_bills_the_periods_overage() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let (clock, end) = premium_with_usage(&app, "leaver", 120).await;
+    let r = app
+        .call_as(
+            "leaver",
+            Method::DELETE,
+            "/api/v1/billing/subscriptions",
+            None,
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    app.advance(&clock, end.unix_timestamp() + 60).await;
+    let (units, amount, invoice) = charged(&app, "leaver").await;
+    assert_eq!((units, amount), (20, Decimal::from_str("39.80").unwrap()));
+    assert_invoiced(&app, &invoice, 3_980).await;
+}
+
+#[tokio::test]
+async fn cancelling_now_bills_the_overage_used_so_far_once() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    premium_with_usage(&app, "quitter", 130).await;
+    let r = app
+        .call_as(
+            "quitter",
+            Method::DELETE,
+            "/api/v1/billing/subscriptions?immediately=true",
+            None,
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let (units, amount, invoice) = charged(&app, "quitter").await;
+    assert_eq!((units, amount), (30, Decimal::from_str("59.70").unwrap()));
+    assert_invoiced(&app, &invoice, 5_970).await;
+    // The webhooks of the cancellation arrive afterwards and bill nothing more.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM overage_charges WHERE customer_id = 'quitter'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn switching_to_credits_bills_the_fixed_fee_periods_overage() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    premium_with_usage(&app, "switcher", 101).await;
+    let r = app
+        .call_as(
+            "switcher",
+            Method::PATCH,
+            "/api/v1/billing/subscriptions",
+            Some(json!({"billing_model": "credit_burndown"})),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let (units, amount, invoice) = charged(&app, "switcher").await;
+    assert_eq!((units, amount), (1, Decimal::from_str("1.99").unwrap()));
+    assert_invoiced(&app, &invoice, 199).await;
+}
+
+#[tokio::test]
+async fn a_renewal_is_billed_for_its_lines_service_period_not_the_invoice_window() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let (clock, end) = premium_with_usage(&app, "window", 125).await;
+    app.advance(&clock, end.unix_timestamp() + 60).await;
+    let (units, _, invoice_id) = charged(&app, "window").await;
+    assert_eq!(units, 25);
+    // The same draft, with an invoice window that is not the service period (Stripe
+    // defines period_start/end as the window for pending items): billed all the same.
+    let mut draft = app.stripe_get(&format!("/v1/invoices/{invoice_id}")).await;
+    let created = draft["created"].clone();
+    draft["period_start"] = created.clone();
+    draft["period_end"] = created;
+    sqlx::query("DELETE FROM overage_charges WHERE customer_id = 'window'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let gateway = app.state.stripe.as_ref().unwrap();
+    let mut tx = app.pool.begin().await.unwrap();
+    let charge = tollgate_control_plane::overage::bill_renewal_draft(
+        &mut tx,
+        gateway,
+        &app.state.catalog,
+        &draft,
+    )
+    .await
+    .unwrap()
+    .expect("the ended period is found from the subscription line");
+    tx.rollback().await.unwrap();
+    assert_eq!(charge.units, 25);
+}
