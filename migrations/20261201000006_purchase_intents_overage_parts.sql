@@ -28,7 +28,16 @@ CREATE INDEX purchase_intents_object ON purchase_intents (stripe_object_id);
 
 -- Overage of one period may be billed in parts: the first when the period ends (renewal
 -- draft, or the final invoice of a subscription that ended), then true-ups for usage that
--- reached the ledger later. Each part is billed once (its own idempotency key).
+-- reached the ledger later. Each part is billed once (its own idempotency key). A period
+-- that ended within its allowance gets a part of zero units (no invoice item), so usage
+-- that arrives later is still trued up.
 ALTER TABLE overage_charges ADD COLUMN part INTEGER NOT NULL DEFAULT 0 CHECK (part >= 0);
 ALTER TABLE overage_charges DROP CONSTRAINT overage_charges_pkey;
 ALTER TABLE overage_charges ADD PRIMARY KEY (customer_id, billing_period_start, part);
+ALTER TABLE overage_charges DROP CONSTRAINT overage_charges_units_check;
+ALTER TABLE overage_charges ADD CONSTRAINT overage_charges_units_check CHECK (units >= 0);
+ALTER TABLE overage_charges DROP CONSTRAINT overage_charges_amount_check;
+ALTER TABLE overage_charges ADD CONSTRAINT overage_charges_amount_check CHECK (amount >= 0);
+ALTER TABLE overage_charges ALTER COLUMN stripe_invoice_item_id DROP NOT NULL;
+ALTER TABLE overage_charges ADD CONSTRAINT overage_charges_item_when_billed
+    CHECK ((units = 0) = (stripe_invoice_item_id IS NULL));

@@ -46,6 +46,10 @@ impl Default for SharedProxySettings {
     }
 }
 
+fn default_overage_trueup_interval() -> u64 {
+    300
+}
+
 fn default_reservation_ttl() -> u64 {
     tollgate_runtime::counters::DEFAULT_RESERVATION_TTL.as_secs()
 }
@@ -78,6 +82,10 @@ pub struct ControlPlaneSettings {
     /// Stripe, so this bounds the rate; order does not matter, see the webhook module).
     #[serde(default = "default_webhook_workers")]
     pub webhook_workers: u32,
+    /// How often ended periods are checked for usage that arrived after they were
+    /// billed (billed as a true-up), in seconds.
+    #[serde(default = "default_overage_trueup_interval")]
+    pub overage_trueup_interval_seconds: u64,
     /// How often Stripe's event list is compared with the webhook inbox, in seconds.
     #[serde(default = "default_stripe_reconcile_interval")]
     pub stripe_reconcile_interval_seconds: u64,

@@ -115,6 +115,7 @@ pub async fn bill_renewal_draft(
         return Ok(None);
     };
     let Some(due) = overage_due(tx, plan, &customer, period_start).await? else {
+        record_within_allowance(tx, &customer, period_start, period_end, plan, invoice_id).await?;
         return Ok(None);
     };
     let Due {
@@ -235,6 +236,36 @@ async fn lock_unbilled_period(
     Ok(!billed)
 }
 
+/// A period that ended within its allowance still gets its (zero) part, so usage that
+/// reaches the ledger later is trued up ([`crate::jobs::overage_trueup`]).
+async fn record_within_allowance(
+    tx: &mut Transaction<'_, Postgres>,
+    customer: &str,
+    period_start: OffsetDateTime,
+    period_end: OffsetDateTime,
+    plan: &billing_model::Plan,
+    billed_on: &str,
+) -> Result<(), OverageError> {
+    let Some(rate) = plan.overage_rate() else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO overage_charges (customer_id, billing_period_start, billing_period_end,
+             plan_type, units, unit_rate, amount, stripe_invoice_id, stripe_invoice_item_id)
+         VALUES ($1, $2, $3, $4, 0, $5, 0, $6, NULL)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(customer)
+    .bind(period_start)
+    .bind(period_end)
+    .bind(plan.id().as_str())
+    .bind(rate.as_decimal())
+    .bind(billed_on)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// What a period's overage comes to.
 struct Due {
     units: u64,
@@ -307,6 +338,7 @@ pub async fn bill_ended_subscription(
         metadata,
     }) = overage_due(tx, plan, customer, period_start).await?
     else {
+        record_within_allowance(tx, customer, period_start, period_end, plan, "none").await?;
         return Ok(None);
     };
     let start = period_start.unix_timestamp().to_string();

@@ -23,6 +23,7 @@ pub struct Application {
     http: crate::config::HttpSettings,
     stripe_reconcile_interval: u64,
     webhook_workers: u32,
+    overage_trueup_interval: u64,
 }
 
 impl Application {
@@ -115,6 +116,7 @@ impl Application {
             http: config.control_plane.http.clone(),
             stripe_reconcile_interval: config.control_plane.stripe_reconcile_interval_seconds,
             webhook_workers: config.control_plane.webhook_workers,
+            overage_trueup_interval: config.control_plane.overage_trueup_interval_seconds,
         })
     }
 
@@ -210,6 +212,25 @@ impl Application {
                     .await;
                     if let Err(e) = run {
                         tracing::warn!(error = %e, "grace expiry publishing failed");
+                    }
+                }
+            },
+        ));
+        let state = self.state.clone();
+        tokio::spawn(crate::jobs::every(
+            std::time::Duration::from_secs(self.overage_trueup_interval.max(1)),
+            stop.clone(),
+            move || {
+                let state = state.clone();
+                async move {
+                    let pool = state.pool.clone();
+                    let run =
+                        crate::jobs::with_lock(&pool, crate::jobs::OVERAGE_TRUEUP_LOCK, || {
+                            crate::jobs::overage_trueup::run_once(&state)
+                        })
+                        .await;
+                    if let Err(e) = run {
+                        tracing::warn!(error = %e, "overage true-up failed");
                     }
                 }
             },

@@ -4,6 +4,7 @@
 pub mod business;
 pub mod counters;
 pub mod dunning;
+pub mod overage_trueup;
 pub mod retention;
 pub mod stripe_sync;
 
@@ -16,6 +17,7 @@ pub const COUNTER_RECONCILIATION_LOCK: i64 = 0x7467_0001;
 pub const RETENTION_LOCK: i64 = 0x7467_0002;
 pub const STRIPE_SYNC_LOCK: i64 = 0x7467_0003;
 pub const DUNNING_LOCK: i64 = 0x7467_0004;
+pub const OVERAGE_TRUEUP_LOCK: i64 = 0x7467_0005;
 
 /// Runs `work` inside a transaction holding the advisory lock `key`; returns `None`
 /// when another replica holds it.

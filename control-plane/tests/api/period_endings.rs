@@ -48,6 +48,20 @@ async fn premium_with_usage(
     (clock, end)
 }
 
+/// [`premium_with_usage`], with the period's start too.
+async fn premium_with_usage_in(
+    app: &TestApp,
+    customer: &str,
+    units: usize,
+) -> (String, time::OffsetDateTime, time::OffsetDateTime) {
+    let clock = app.customer_on_clock(customer, now()).await;
+    app.subscribe_via_checkout(customer, "premium").await;
+    let (start, end) = stored_period(app, customer).await;
+    app.ingest_usage(customer, units, &rfc(start), &rfc(end))
+        .await;
+    (clock, start, end)
+}
+
 /// The customer's overage charge once it exists: (units, amount, Stripe invoice).
 async fn charged(app: &TestApp, customer: &str) -> (i64, Decimal, String) {
     app.eventually(
@@ -170,4 +184,94 @@ async fn a_renewal_is_billed_for_its_lines_service_period_not_the_invoice_window
     .expect("the ended period is found from the subscription line");
     tx.rollback().await.unwrap();
     assert_eq!(charge.units, 25);
+}
+
+#[tokio::test]
+async fn usage_that_arrives_after_its_period_was_billed_is_trued_up_once() {
+    use tollgate_control_plane::jobs::overage_trueup::run_once;
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let (clock, start, end) = premium_with_usage_in(&app, "late", 120).await;
+    app.advance(&clock, end.unix_timestamp() + 60).await;
+    let (units, _, _) = charged(&app, "late").await;
+    assert_eq!(units, 20);
+    assert_eq!(
+        run_once(&app.state).await.unwrap().parts_billed,
+        0,
+        "nothing late yet"
+    );
+
+    // Five tickets of the ended period reach the ledger late (a spool after an outage).
+    app.ingest_usage("late", 5, &rfc(start), &rfc(end)).await;
+    let report = run_once(&app.state).await.unwrap();
+    assert_eq!(
+        (
+            report.parts_billed,
+            report.units_billed,
+            report.cents_billed
+        ),
+        (1, 5, 995)
+    );
+    assert_eq!(
+        run_once(&app.state).await.unwrap().parts_billed,
+        0,
+        "billed once"
+    );
+    let (billed_on, item): (String, String) = sqlx::query_as(
+        "SELECT stripe_invoice_id, stripe_invoice_item_id FROM overage_charges
+         WHERE customer_id = 'late' AND part = 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(billed_on.starts_with("next:sub_"), "{billed_on}");
+    let item = app.stripe_get(&format!("/v1/invoiceitems/{item}")).await;
+    assert_eq!(item["amount"], 995);
+    assert_eq!(item["invoice"], Value::Null, "pending for the next invoice");
+}
+
+#[tokio::test]
+async fn a_period_that_ended_within_its_allowance_is_trued_up_when_late_usage_passes_it() {
+    use tollgate_control_plane::jobs::overage_trueup::run_once;
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let (clock, start, end) = premium_with_usage_in(&app, "edge", 99).await;
+    app.advance(&clock, end.unix_timestamp() + 60).await;
+    app.eventually(
+        "the period's zero part",
+        "SELECT count(*) = 1 FROM overage_charges WHERE customer_id = 'edge' AND units = 0",
+    )
+    .await;
+    app.ingest_usage("edge", 3, &rfc(start), &rfc(end)).await;
+    let report = run_once(&app.state).await.unwrap();
+    assert_eq!((report.units_billed, report.cents_billed), (2, 398));
+}
+
+#[tokio::test]
+async fn late_usage_of_a_subscription_that_ended_is_invoiced_on_its_own() {
+    use tollgate_control_plane::jobs::overage_trueup::run_once;
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let (_, start, end) = premium_with_usage_in(&app, "gone", 110).await;
+    let r = app
+        .call_as(
+            "gone",
+            Method::DELETE,
+            "/api/v1/billing/subscriptions?immediately=true",
+            None,
+        )
+        .await;
+    assert!(r.status().is_success());
+    let (units, _, _) = charged(&app, "gone").await;
+    assert_eq!(units, 10);
+    app.ingest_usage("gone", 4, &rfc(start), &rfc(end)).await;
+    let report = run_once(&app.state).await.unwrap();
+    assert_eq!((report.units_billed, report.cents_billed), (4, 796));
+    let invoice: String = sqlx::query_scalar(
+        "SELECT stripe_invoice_id FROM overage_charges WHERE customer_id = 'gone' AND part = 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_invoiced(&app, &invoice, 796).await;
 }
