@@ -161,6 +161,16 @@ pub async fn open(
             })
         }
         None => {
+            // Two identical requests at once (a double click) must share one intent:
+            // the lookup and the insert run under a lock on the request's fingerprint.
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!(
+                    "tollgate:intent:{customer}:{}:{request_fingerprint}",
+                    operation.as_str()
+                ))
+                .execute(&mut *tx)
+                .await?;
             let open: Option<(uuid::Uuid, String, Option<String>)> = sqlx::query_as(
                 "SELECT id, stripe_idempotency_key, stripe_object_id FROM purchase_intents
                  WHERE customer_id = $1 AND operation = $2 AND fingerprint = $3
@@ -172,9 +182,10 @@ pub async fn open(
             .bind(operation.as_str())
             .bind(request_fingerprint)
             .bind(RETRY_WINDOW_SECONDS as f64)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *tx)
             .await?;
             if let Some((id, stripe_key, object_id)) = open {
+                tx.commit().await?;
                 return Ok(Intent {
                     id,
                     stripe_key,
@@ -184,7 +195,9 @@ pub async fn open(
                     outcome: None,
                 });
             }
-            new(pool, customer, operation, request_fingerprint).await
+            let intent = insert_new(&mut *tx, customer, operation, request_fingerprint).await?;
+            tx.commit().await?;
+            Ok(intent)
         }
     }
 }
@@ -196,6 +209,18 @@ pub async fn new(
     operation: Operation,
     request_fingerprint: &str,
 ) -> Result<Intent, IntentError> {
+    insert_new(pool, customer, operation, request_fingerprint).await
+}
+
+async fn insert_new<'e, E>(
+    executor: E,
+    customer: &CustomerId,
+    operation: Operation,
+    request_fingerprint: &str,
+) -> Result<Intent, IntentError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
     let stripe_key = format!("tollgate-intent-{}", uuid::Uuid::new_v4().simple());
     let id: uuid::Uuid = sqlx::query_scalar(
         "INSERT INTO purchase_intents (customer_id, operation, fingerprint, stripe_idempotency_key)
@@ -205,7 +230,7 @@ pub async fn new(
     .bind(operation.as_str())
     .bind(request_fingerprint)
     .bind(&stripe_key)
-    .fetch_one(pool)
+    .fetch_one(executor)
     .await?;
     Ok(Intent {
         id,

@@ -70,10 +70,9 @@ pub async fn bill_renewal_draft(
     {
         return Ok(None);
     }
-    let (Some(invoice_id), Some(stripe_customer), Some(start), Some(end)) = (
+    let (Some(invoice_id), Some(stripe_customer), Some(end)) = (
         invoice["id"].as_str(),
         invoice["customer"].as_str(),
-        invoice["period_start"].as_i64(),
         invoice["period_end"].as_i64(),
     ) else {
         return Ok(None);
@@ -101,10 +100,15 @@ pub async fn bill_renewal_draft(
     let Ok(period_end) = OffsetDateTime::from_unix_timestamp(end) else {
         return Ok(None);
     };
+    // The period's start as the ledger knows it; with no usage recorded yet (a usage
+    // log shipped late), one anniversary month before its end — not the invoice
+    // window, which after a mid-period upgrade starts at the upgrade.
     let ledger_start = ledger_period_ending(tx, &customer, period_end).await?;
-    let Some(period_start) =
-        ledger_start.or_else(|| OffsetDateTime::from_unix_timestamp(start).ok())
-    else {
+    let Some(period_start) = ledger_start.or_else(|| {
+        billing_model::BillingPeriod::nth(period_end, -1)
+            .ok()
+            .map(|p| p.start())
+    }) else {
         return Ok(None);
     };
     let start = period_start.unix_timestamp();
@@ -323,6 +327,7 @@ pub async fn bill_ended_subscription(
     plan: &billing_model::Plan,
     customer: &str,
     stripe_customer: &str,
+    subscription: &str,
     period_start: OffsetDateTime,
     period_end: OffsetDateTime,
     payment_method: Option<&str>,
@@ -347,6 +352,8 @@ pub async fn bill_ended_subscription(
         .open_standalone_invoice(
             stripe_customer,
             payment_method,
+            // Overage of earlier periods still waiting for a next invoice joins it.
+            Some(subscription),
             &format!("Final usage of the {} plan", plan.name()),
             metadata.clone(),
             &key,

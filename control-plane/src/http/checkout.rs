@@ -121,6 +121,15 @@ pub async fn stripe_customer(
     Ok(stored)
 }
 
+/// What a completed earlier session of the same request means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenCompleted {
+    /// A new purchase (another credit pack).
+    NewPurchase,
+    /// Nothing more to buy (the subscription exists, or is about to be stored).
+    AlreadyDone,
+}
+
 /// A Checkout Session under the request's purchase intent ([`crate::intents`]): a retry
 /// gets the same open session; a session that completed or expired is never handed out
 /// again (a new purchase gets a new one; a caller-named intent that ended answers 409).
@@ -130,6 +139,7 @@ async fn session_for_intent<F, Fut>(
     customer: &CustomerId,
     client_key: Option<&str>,
     fingerprint: &str,
+    when_completed: WhenCompleted,
     create: F,
 ) -> Result<HostedSession, ApiError>
 where
@@ -153,31 +163,47 @@ where
     if let Some(outcome) = &intent.outcome {
         return Err(ended(outcome));
     }
-    let session = create(intent.stripe_key.clone()).await?;
     if intent.replay {
-        // Stripe replays the session as it was created; it may have ended since.
-        let state_now = gateway.checkout_session_state(&session.id).await?;
-        if state_now != SessionState::Open {
-            let outcome = if state_now == SessionState::Complete {
-                intents::Outcome::Completed
-            } else {
-                intents::Outcome::Expired
-            };
-            intents::finish(&state.pool, &intent, outcome).await?;
-            if intent.client_named {
-                return Err(ended(if outcome == intents::Outcome::Completed {
-                    "completed"
-                } else {
-                    "expired"
-                }));
+        // Where the intent's session stands now: Stripe would replay its creation as it
+        // was (and forgets the key after 24 hours), so ask for the session itself.
+        let (session_state, session) = match &intent.object_id {
+            Some(id) => gateway.checkout_session_state(id).await?,
+            None => {
+                let replayed = create(intent.stripe_key.clone()).await?;
+                gateway.checkout_session_state(&replayed.id).await?
             }
-            let fresh =
-                intents::new(&state.pool, customer, Operation::Checkout, fingerprint).await?;
-            let session = create(fresh.stripe_key.clone()).await?;
-            intents::attach(&state.pool, &fresh, &session.id).await?;
-            return Ok(session);
+        };
+        match (session_state, session) {
+            (SessionState::Open, Some(session)) => {
+                intents::attach(&state.pool, &intent, &session.id).await?;
+                return Ok(session);
+            }
+            (SessionState::Complete, _) => {
+                intents::finish(&state.pool, &intent, intents::Outcome::Completed).await?;
+                if intent.client_named {
+                    return Err(ended("completed"));
+                }
+                if when_completed == WhenCompleted::AlreadyDone {
+                    return Err(ApiError::Conflict {
+                        code: "already_subscribed",
+                        message: "this checkout was completed; the subscription is being set up"
+                            .into(),
+                    });
+                }
+            }
+            _ => {
+                intents::finish(&state.pool, &intent, intents::Outcome::Expired).await?;
+                if intent.client_named {
+                    return Err(ended("expired"));
+                }
+            }
         }
+        let fresh = intents::new(&state.pool, customer, Operation::Checkout, fingerprint).await?;
+        let session = create(fresh.stripe_key.clone()).await?;
+        intents::attach(&state.pool, &fresh, &session.id).await?;
+        return Ok(session);
     }
+    let session = create(intent.stripe_key.clone()).await?;
     intents::attach(&state.pool, &intent, &session.id).await?;
     Ok(session)
 }
@@ -240,6 +266,7 @@ async fn checkout(
                 &customer,
                 client_key.as_deref(),
                 &fingerprint,
+                WhenCompleted::AlreadyDone,
                 |key| async move {
                     gateway
                         .checkout(
@@ -342,6 +369,7 @@ async fn credits_session(
         customer,
         client_key,
         &fingerprint,
+        WhenCompleted::NewPurchase,
         |key| async move {
             gateway
                 .checkout(

@@ -203,6 +203,15 @@ async fn subscribe_fixed(
         client_key,
     )
     .await?;
+    if let Some(outcome) = &intent.outcome {
+        // A caller-named intent that ended: its key names that purchase, not a new one.
+        return Err(ApiError::Conflict {
+            code: "purchase_already_completed",
+            message: format!(
+                "the purchase this Idempotency-Key names has {outcome}; send a new key for a new purchase"
+            ),
+        });
+    }
     let metadata = HashMap::from([
         ("tollgate_customer_id".to_owned(), customer.to_string()),
         ("tollgate_plan".to_owned(), target.id().to_string()),
@@ -490,10 +499,10 @@ async fn upgrade_now(
         .ok()
     });
     if let Some(p) = &ours
-        && p.total().to_cents() != preview.total_cents
+        && p.total().to_cents() != preview.prorations_cents
     {
         tracing::error!(
-            ours = %p.total(), stripe_cents = preview.total_cents,
+            ours = %p.total(), stripe_cents = preview.prorations_cents,
             "proration differs from Stripe's preview; Stripe's figure is charged"
         );
     }
@@ -501,6 +510,7 @@ async fn upgrade_now(
     Ok(json!({
         "unused_old": Money::from_cents(preview.unused_old_cents),
         "remaining_new": Money::from_cents(preview.remaining_new_cents),
+        "prorations": Money::from_cents(preview.prorations_cents),
         "total": Money::from_cents(preview.total_cents),
         "proration_date": at,
         "invoice": invoice,

@@ -26,6 +26,8 @@ pub struct TrueUpReport {
     pub parts_billed: u64,
     pub units_billed: u64,
     pub cents_billed: i64,
+    /// Periods whose true-up failed this run (retried next run).
+    pub failures: u64,
 }
 
 struct BilledPeriod {
@@ -52,14 +54,7 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<TrueUpReport> {
     .bind(i32::try_from(LOOKBACK_DAYS).unwrap_or(60))
     .fetch_all(&state.pool)
     .await?;
-    for (
-        customer_id,
-        billing_period_start,
-        billing_period_end,
-        plan_type,
-        last_part,
-    ) in periods
-    {
+    for (customer_id, billing_period_start, billing_period_end, plan_type, last_part) in periods {
         report.periods_checked += 1;
         let period = BilledPeriod {
             customer_id,
@@ -68,10 +63,20 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<TrueUpReport> {
             plan_type,
             last_part,
         };
-        if let Some((units, cents)) = true_up(state, gateway, &period).await? {
-            report.parts_billed += 1;
-            report.units_billed += units;
-            report.cents_billed += cents;
+        // One period's failure (Stripe refusing, a customer gone) must not stop the
+        // others; it is retried on the next run.
+        match true_up(state, gateway, &period).await {
+            Ok(Some((units, cents))) => {
+                report.parts_billed += 1;
+                report.units_billed += units;
+                report.cents_billed += cents;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                report.failures += 1;
+                tracing::warn!(error = %e, customer = %period.customer_id,
+                    period_start = %period.billing_period_start, "overage true-up failed; will retry");
+            }
         }
     }
     if report.parts_billed > 0 {
@@ -144,15 +149,21 @@ async fn true_up(
     let Some(stripe_customer) = stripe_customer else {
         return Ok(None);
     };
-    let live: Option<String> = sqlx::query_scalar(
-        "SELECT stripe_subscription_id FROM subscriptions
+    let latest: Option<(String, String, bool)> = sqlx::query_as(
+        "SELECT stripe_subscription_id, status, cancel_at_period_end FROM subscriptions
          WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
-           AND status IN ('active', 'trialing', 'past_due')
          ORDER BY created_at DESC LIMIT 1",
     )
     .bind(&period.customer_id)
     .fetch_optional(&mut *tx)
     .await?;
+    // A next invoice only comes for a subscription that lives on past its period.
+    let live = latest
+        .as_ref()
+        .filter(|(_, status, ending)| {
+            matches!(status.as_str(), "active" | "trialing" | "past_due") && !ending
+        })
+        .map(|(id, ..)| id.clone());
     let start = period.billing_period_start.unix_timestamp().to_string();
     let part_text = part.to_string();
     let key = [
@@ -189,9 +200,17 @@ async fn true_up(
             (format!("next:{subscription}"), item)
         }
         None => {
+            // The card of a Checkout subscription is on the subscription, not the customer.
+            let payment_method = match &latest {
+                Some((subscription, ..)) => {
+                    gateway.subscription_payment_method(subscription).await?
+                }
+                None => None,
+            };
             let invoice = gateway
                 .open_standalone_invoice(
                     &stripe_customer,
+                    payment_method.as_deref(),
                     None,
                     &description,
                     metadata.clone(),

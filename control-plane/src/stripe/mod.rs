@@ -287,18 +287,27 @@ impl StripeGateway {
         })
     }
 
-    /// Where a Checkout Session stands now (a replayed create answers it as it was).
-    pub async fn checkout_session_state(&self, id: &str) -> Result<SessionState, GatewayError> {
+    /// Where a Checkout Session stands now (a replayed create answers it as it was),
+    /// with its hosted page while it is open.
+    pub async fn checkout_session_state(
+        &self,
+        id: &str,
+    ) -> Result<(SessionState, Option<HostedSession>), GatewayError> {
         use stripe_shared::CheckoutSessionStatus;
         let session = RetrieveCheckoutSession::new(id)
             .send(&self.client)
             .timed(&self.api_seconds, "retrieve_checkout")
             .await?;
-        Ok(match session.status {
+        let state = match session.status {
             Some(CheckoutSessionStatus::Complete) => SessionState::Complete,
             Some(CheckoutSessionStatus::Expired) => SessionState::Expired,
             _ => SessionState::Open,
-        })
+        };
+        let hosted = session.url.map(|url| HostedSession {
+            id: session.id.as_str().to_owned(),
+            url,
+        });
+        Ok((state, hosted))
     }
 
     /// A Customer Portal session.
@@ -325,6 +334,9 @@ impl StripeGateway {
 pub struct ProrationPreview {
     pub unused_old_cents: i64,
     pub remaining_new_cents: i64,
+    /// What the change itself costs (the proration lines).
+    pub prorations_cents: i64,
+    /// What the change's invoice charges (pending items and balance included).
     pub total_cents: i64,
 }
 
@@ -359,9 +371,10 @@ impl StripeGateway {
             .send(&self.client)
             .timed(&self.api_seconds, "preview_price_change")
             .await?;
-        // Only the proration lines: a preview also shows pending invoice items (an
-        // overage true-up waiting for the next invoice) and applies the customer's
-        // balance, neither of which the change itself invoices.
+        // The proration lines alone say what the change costs; a preview also shows
+        // pending invoice items (an overage true-up waiting for the next invoice) and
+        // applies the customer's balance, which the change's invoice then also carries:
+        // `total_cents` is what is charged, `prorations_cents` what the change costs.
         let (mut unused, mut remaining) = (0, 0);
         let prorations = preview.lines.data.iter().filter(|line| {
             line.parent
@@ -379,7 +392,8 @@ impl StripeGateway {
         Ok(ProrationPreview {
             unused_old_cents: unused,
             remaining_new_cents: remaining,
-            total_cents: unused + remaining,
+            prorations_cents: unused + remaining,
+            total_cents: preview.amount_due,
         })
     }
 
@@ -671,14 +685,17 @@ pub enum ItemTarget<'a> {
 }
 
 impl StripeGateway {
-    /// A draft invoice of its own for the customer, holding only the items added to it
-    /// later (pending items elsewhere are left alone), charged to `payment_method` when
+    /// A draft invoice of its own for the customer, charged to `payment_method` when
     /// given (a Checkout subscription keeps its card on the subscription, not the
-    /// customer). Used to bill what a subscription that has ended still owes.
+    /// customer). Used to bill what a subscription that has ended still owes. With
+    /// `sweep` (the ended subscription), the subscription's pending items — overage
+    /// waiting for a next invoice that will never come — join it; otherwise only the
+    /// items added to it later.
     pub async fn open_standalone_invoice(
         &self,
         stripe_customer: &str,
         payment_method: Option<&str>,
+        sweep: Option<&str>,
         description: &str,
         metadata: HashMap<String, String>,
         key_parts: &[&str],
@@ -690,9 +707,15 @@ impl StripeGateway {
             .customer(stripe_customer)
             .auto_advance(false)
             .collection_method(stripe_shared::InvoiceCollectionMethod::ChargeAutomatically)
-            .pending_invoice_items_behavior(CreateInvoicePendingInvoiceItemsBehavior::Exclude)
             .description(description)
             .metadata(metadata);
+        request = match sweep {
+            Some(subscription) => request
+                .subscription(subscription)
+                .pending_invoice_items_behavior(CreateInvoicePendingInvoiceItemsBehavior::Include),
+            None => request
+                .pending_invoice_items_behavior(CreateInvoicePendingInvoiceItemsBehavior::Exclude),
+        };
         if let Some(pm) = payment_method {
             request = request.default_payment_method(pm);
         }
@@ -708,8 +731,10 @@ impl StripeGateway {
             .ok_or(GatewayError::Incomplete("invoice id"))
     }
 
-    /// Finalizes a draft and charges it. A declined charge is not an error: the invoice
-    /// stays open (owed), as Stripe's own retries treat it. Returns the status.
+    /// Finalizes a draft (with automatic collection on, so Stripe retries and dunns a
+    /// declined charge like any invoice) and charges it now unless finalizing settled it
+    /// (a credit balance paid it). A charge that fails is not an error: the invoice stays
+    /// open, owed, for Stripe's retries. Returns the status.
     pub async fn finalize_and_pay(
         &self,
         invoice: &str,
@@ -720,11 +745,16 @@ impl StripeGateway {
         parts.extend_from_slice(key_parts);
         if self.invoice_status(invoice).await?.as_deref() == Some("draft") {
             FinalizeInvoiceInvoice::new(invoice)
+                .auto_advance(true)
                 .customize()
                 .request_strategy(idempotency(&parts))
                 .send(&self.client)
                 .timed(&self.api_seconds, "finalize_invoice")
                 .await?;
+        }
+        let status = self.invoice_status(invoice).await?;
+        if status.as_deref() != Some("open") {
+            return Ok(status);
         }
         parts[0] = "pay";
         let paid = PayInvoice::new(invoice)
@@ -737,14 +767,26 @@ impl StripeGateway {
         match paid {
             Ok(i) => Ok(i.status.map(|s| s.as_str().to_owned())),
             Err(e) => {
-                let e = GatewayError::Stripe(e);
-                if e.is_declined() {
-                    self.invoice_status(invoice).await
-                } else {
-                    Err(e)
-                }
+                tracing::warn!(error = %e, invoice, "charging the invoice failed; it stays open for Stripe's retries");
+                self.invoice_status(invoice).await
             }
         }
+    }
+
+    /// A subscription's own payment method (set by Checkout), if any.
+    pub async fn subscription_payment_method(
+        &self,
+        subscription: &str,
+    ) -> Result<Option<String>, GatewayError> {
+        use stripe_billing::subscription::RetrieveSubscription;
+        let sub = RetrieveSubscription::new(subscription)
+            .send(&self.client)
+            .timed(&self.api_seconds, "retrieve_subscription")
+            .await?;
+        Ok(sub
+            .default_payment_method
+            .as_ref()
+            .map(|pm| pm.id().as_str().to_owned()))
     }
 
     /// An invoice's status now (`draft`, `open`, `paid`, ...).

@@ -361,6 +361,7 @@ async fn sync_subscription(
             paid_plan,
             &customer,
             &stripe_customer,
+            subscription_id,
             start,
             end,
             payment_method.as_deref(),

@@ -171,3 +171,47 @@ async fn a_declined_direct_subscribe_is_tried_afresh_once_the_card_is_fixed() {
     let created = subscribe().await;
     assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
 }
+
+#[tokio::test]
+async fn a_double_click_on_subscribe_creates_one_subscription() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    on_credits(&app, "clicker").await;
+    let opened = session_id(post_keyed(&app, "clicker", PURCHASE, &pack(100), None).await).await;
+    let session = app
+        .stripe_get(&format!("/v1/checkout/sessions/{opened}"))
+        .await;
+    let stripe_customer = session["customer"].as_str().unwrap().to_owned();
+    app.stripe_post(
+        &format!("/v1/customers/{stripe_customer}"),
+        &[("invoice_settings[default_payment_method]", "pm_card_visa")],
+    )
+    .await;
+    let body = json!({"plan": "enterprise", "billing_model": "fixed_fee"});
+    let (a, b) = tokio::join!(
+        app.call_as(
+            "clicker",
+            Method::POST,
+            "/api/v1/billing/subscriptions",
+            Some(body.clone())
+        ),
+        app.call_as(
+            "clicker",
+            Method::POST,
+            "/api/v1/billing/subscriptions",
+            Some(body.clone())
+        ),
+    );
+    assert!(
+        a.status() == 201 || b.status() == 201,
+        "{} / {}",
+        a.status(),
+        b.status()
+    );
+    let subs = app
+        .stripe_get(&format!(
+            "/v1/subscriptions?customer={stripe_customer}&status=all"
+        ))
+        .await;
+    assert_eq!(subs["data"].as_array().unwrap().len(), 1, "{subs}");
+}
