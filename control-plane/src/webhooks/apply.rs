@@ -147,7 +147,9 @@ async fn apply(
     created: i64,
 ) -> Result<Option<CustomerId>, ApplyError> {
     match kind {
-        "checkout.session.completed" => {
+        // A delayed payment method (a bank debit) completes the session unpaid, then
+        // reports the payment: the grant is made when it is paid, whichever event says so.
+        "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
             // The purchase is done: its session is never handed out again.
             if let Some(session) = object["id"].as_str() {
                 crate::intents::finish_object(
@@ -205,7 +207,17 @@ async fn apply(
                 }
             }
         }
+        "checkout.session.async_payment_failed" => {
+            if let Some(session) = object["id"].as_str() {
+                crate::intents::finish_object(&mut **tx, session, crate::intents::Outcome::Failed)
+                    .await?;
+            }
+            Ok(None)
+        }
         "charge.refunded" => revoke_refunded_credits(tx, object).await,
+        "charge.dispute.closed" if object["status"] == "lost" => {
+            revoke_disputed_credits(tx, object).await
+        }
         _ => Ok(None),
     }
 }
@@ -554,10 +566,9 @@ async fn grant_credits(
         return Ok(None);
     }
     let metadata = &session["metadata"];
-    let (Some(customer), Some(plan), Some(total)) = (
+    let (Some(customer), Some(plan)) = (
         metadata["tollgate_customer_id"].as_str(),
         metadata["tollgate_plan"].as_str(),
-        session["amount_total"].as_i64(),
     ) else {
         return Ok(None);
     };
@@ -570,7 +581,23 @@ async fn grant_credits(
     let Ok(customer_id) = CustomerId::parse(customer) else {
         return Ok(None);
     };
-    let amount = billing_model::Money::from_cents(total);
+    // What was bought: the pack's units at the plan's per-ticket price, never
+    // `amount_total` (tax and discounts change what was paid, not what was bought);
+    // `amount_subtotal` (before discounts and tax) for a session without the units.
+    let units = metadata["tollgate_credit_units"]
+        .as_str()
+        .and_then(|u| u.parse::<u64>().ok());
+    let amount = match units {
+        Some(units) => match unit_price.checked_mul_units(units) {
+            Some(a) => a,
+            None => return Ok(None),
+        },
+        None => match session["amount_subtotal"].as_i64() {
+            Some(cents) => billing_model::Money::from_cents(cents),
+            None => return Ok(None),
+        },
+    };
+    let total = amount.to_cents();
     sqlx::query!(
         "INSERT INTO customers (customer_id, stripe_customer_id) VALUES ($1, $2)
          ON CONFLICT (customer_id) DO NOTHING",
@@ -579,17 +606,17 @@ async fn grant_credits(
     )
     .execute(&mut **tx)
     .await?;
-    let granted = sqlx::query!(
-        "INSERT INTO billing_credits (customer_id, credit_amount, unit_price,
+    let granted = sqlx::query(
+        "INSERT INTO billing_credits (customer_id, credit_amount, purchased_amount, unit_price,
              stripe_checkout_session_id, stripe_payment_intent_id)
-         VALUES ($1, $2, $3, $4, $5)
+         VALUES ($1, $2, $2, $3, $4, $5)
          ON CONFLICT (stripe_checkout_session_id) DO NOTHING",
-        customer,
-        amount.as_decimal(),
-        unit_price.as_decimal(),
-        session["id"].as_str(),
-        session["payment_intent"].as_str()
     )
+    .bind(customer)
+    .bind(amount.as_decimal())
+    .bind(unit_price.as_decimal())
+    .bind(session["id"].as_str())
+    .bind(session["payment_intent"].as_str())
     .execute(&mut **tx)
     .await?;
     if granted.rows_affected() > 0 {
@@ -615,23 +642,75 @@ async fn grant_credits(
     Ok(Some(customer_id))
 }
 
-/// A refunded charge revokes what is left of the credits it bought.
+/// A refunded charge revokes the credits it bought, in proportion: Stripe sends
+/// `charge.refunded` for partial refunds too, with `amount_refunded` cumulative. A grant
+/// keeps the whole units its unrefunded share buys (never more than it is worth now, so
+/// events in any order converge; never less than what was used already). A full refund
+/// ends the grant.
 async fn revoke_refunded_credits(
     tx: &mut Transaction<'_, Postgres>,
     charge: &Value,
 ) -> Result<Option<CustomerId>, ApplyError> {
-    let Some(intent) = charge["payment_intent"].as_str() else {
+    let (Some(intent), Some(amount), Some(refunded)) = (
+        charge["payment_intent"].as_str(),
+        charge["amount"].as_i64(),
+        charge["amount_refunded"].as_i64(),
+    ) else {
         return Ok(None);
     };
-    let revoked = sqlx::query_scalar!(
-        "UPDATE billing_credits SET closed_at = now(), closed_reason = 'refund', updated_at = now()
+    if refunded <= 0 || amount <= 0 {
+        return Ok(None);
+    }
+    let touched: Vec<String> = if refunded >= amount {
+        sqlx::query_scalar(
+            "UPDATE billing_credits SET closed_at = now(), closed_reason = 'refund', updated_at = now()
+             WHERE stripe_payment_intent_id = $1 AND closed_at IS NULL
+             RETURNING customer_id",
+        )
+        .bind(intent)
+        .fetch_all(&mut **tx)
+        .await?
+    } else {
+        sqlx::query_scalar(
+            "UPDATE billing_credits SET
+                 purchased_amount = COALESCE(purchased_amount, credit_amount),
+                 credit_amount = GREATEST(used_amount, LEAST(credit_amount,
+                     FLOOR(COALESCE(purchased_amount, credit_amount) * ($2::numeric - $3::numeric)
+                           / $2::numeric / unit_price) * unit_price)),
+                 updated_at = now()
+             WHERE stripe_payment_intent_id = $1 AND closed_at IS NULL
+             RETURNING customer_id",
+        )
+        .bind(intent)
+        .bind(amount)
+        .bind(refunded)
+        .fetch_all(&mut **tx)
+        .await?
+    };
+    Ok(touched
+        .into_iter()
+        .next()
+        .and_then(|c| CustomerId::parse(&c).ok()))
+}
+
+/// A dispute the customer won (`charge.dispute.closed`, status `lost` for us) takes the
+/// money back: what is left of the credits it bought ends.
+async fn revoke_disputed_credits(
+    tx: &mut Transaction<'_, Postgres>,
+    dispute: &Value,
+) -> Result<Option<CustomerId>, ApplyError> {
+    let Some(intent) = dispute["payment_intent"].as_str() else {
+        return Ok(None);
+    };
+    let touched: Vec<String> = sqlx::query_scalar(
+        "UPDATE billing_credits SET closed_at = now(), closed_reason = 'dispute_lost', updated_at = now()
          WHERE stripe_payment_intent_id = $1 AND closed_at IS NULL
          RETURNING customer_id",
-        intent
     )
+    .bind(intent)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(revoked
+    Ok(touched
         .into_iter()
         .next()
         .and_then(|c| CustomerId::parse(&c).ok()))

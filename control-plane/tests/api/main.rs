@@ -3,6 +3,7 @@
 
 mod checkout;
 mod config;
+mod credits;
 mod enforcement;
 mod health;
 mod helpers;
