@@ -57,18 +57,29 @@ pub async fn spawn_app_with_stripe_webhooks() -> TestApp {
 }
 
 /// [`spawn_app_with_stripe_webhooks`] with the configuration adjusted by `edit`.
-pub async fn spawn_app_with_stripe_webhooks_and(edit: impl FnOnce(&mut Config)) -> TestApp {
-    let port = tollgate_e2e::free_port();
-    let standin = stripe_standin::spawn(stripe_standin::Config {
-        api_key: Some(STRIPE_KEY.to_owned()),
-        webhook_url: Some(format!("http://127.0.0.1:{port}/api/v1/webhooks/stripe")),
-        webhook_secret: WEBHOOK_SECRET.to_owned(),
-        webhook_retry_base: std::time::Duration::from_millis(100),
-        ..stripe_standin::Config::default()
-    })
-    .await
-    .expect("stripe stand-in starts");
-    spawn_app_on(Some(standin), Some(port), edit).await
+pub async fn spawn_app_with_stripe_webhooks_and(edit: impl Fn(&mut Config)) -> TestApp {
+    // The app's port is chosen before the app binds it (the stand-in must know where to
+    // deliver), so another test may take it meanwhile: try again on a fresh port.
+    for attempt in 1.. {
+        let port = tollgate_e2e::free_port();
+        let standin = stripe_standin::spawn(stripe_standin::Config {
+            api_key: Some(STRIPE_KEY.to_owned()),
+            webhook_url: Some(format!("http://127.0.0.1:{port}/api/v1/webhooks/stripe")),
+            webhook_secret: WEBHOOK_SECRET.to_owned(),
+            webhook_retry_base: std::time::Duration::from_millis(100),
+            ..stripe_standin::Config::default()
+        })
+        .await
+        .expect("stripe stand-in starts");
+        match try_spawn_app_on(Some(standin), Some(port), &edit).await {
+            Ok(app) => return app,
+            Err(e) if attempt < 5 && format!("{e:#}").contains("Address already in use") => {
+                continue;
+            }
+            Err(e) => panic!("application builds: {e:?}"),
+        }
+    }
+    unreachable!("the loop returns or panics")
 }
 
 async fn spawn_app_with(stripe: Option<stripe_standin::Running>) -> TestApp {
@@ -85,6 +96,16 @@ async fn spawn_app_on(
     port: Option<u16>,
     edit: impl FnOnce(&mut Config),
 ) -> TestApp {
+    try_spawn_app_on(stripe, port, edit)
+        .await
+        .expect("application builds")
+}
+
+async fn try_spawn_app_on(
+    stripe: Option<stripe_standin::Running>,
+    port: Option<u16>,
+    edit: impl FnOnce(&mut Config),
+) -> anyhow::Result<TestApp> {
     let database = TestDatabase::create().await.expect("test database");
     let mut config = test_config(&database.url);
     if let Some(port) = port {
@@ -101,9 +122,7 @@ async fn spawn_app_on(
         });
     edit(&mut config);
     let service_token = config.internal.service_token.expose_secret().to_owned();
-    let app = Application::build(config)
-        .await
-        .expect("application builds");
+    let app = Application::build(config).await?;
     let address = format!("http://{}", app.api_addr());
     let metrics_address = format!("http://{}", app.metrics_addr());
     let pool = app.state().pool.clone();
@@ -112,7 +131,7 @@ async fn spawn_app_on(
     tokio::spawn(app.run_until(async move {
         let _ = rx.await;
     }));
-    TestApp {
+    Ok(TestApp {
         address,
         metrics_address,
         http: reqwest::Client::new(),
@@ -122,7 +141,7 @@ async fn spawn_app_on(
         stripe,
         _shutdown: tx,
         _database: database,
-    }
+    })
 }
 
 /// A database with the schema applied and nothing else running.
