@@ -12,8 +12,8 @@ use crate::clock;
 use crate::errors::{ApiError, ApiResult};
 use crate::objects;
 use crate::state::{
-    Charge, Invoice, InvoiceItem, InvoiceLine, LineSource, Metadata, PaymentIntent, PaymentMode,
-    Store, Subscription, SubscriptionItem, new_id,
+    BillingMode, Charge, Invoice, InvoiceItem, InvoiceLine, LineSource, Metadata, PaymentIntent,
+    PaymentMode, Store, Subscription, SubscriptionItem, new_id,
 };
 
 /// Payment attempts of a renewal invoice: the first plus retries after these delays
@@ -222,6 +222,7 @@ pub fn create_draft(
         test_clock,
         auto_advance: true,
         subscription_metadata,
+        default_payment_method: None,
     };
     store.invoices.insert(id.clone(), inv);
     if sweep_pending {
@@ -470,10 +471,13 @@ pub fn attempt_collection(store: &mut Store, invoice_id: &str, now: i64) -> ApiR
         inv.subscription.clone(),
     );
     let number = inv.number.clone().unwrap_or_default();
-    let sub_pm = subscription
-        .as_ref()
-        .and_then(|s| store.subscriptions.get(s))
-        .and_then(|s| s.default_payment_method.clone());
+    // Stripe's order: the invoice's payment method, the subscription's, the customer's.
+    let sub_pm = inv.default_payment_method.clone().or_else(|| {
+        subscription
+            .as_ref()
+            .and_then(|s| store.subscriptions.get(s))
+            .and_then(|s| s.default_payment_method.clone())
+    });
     let outcome = take_payment(
         store,
         &customer,
@@ -606,6 +610,7 @@ pub fn create_subscription(
     metadata: Metadata,
     default_payment_method: Option<String>,
     behavior: PaymentBehavior,
+    billing_mode: BillingMode,
     now: i64,
 ) -> ApiResult<String> {
     let customer = store
@@ -644,6 +649,7 @@ pub fn create_subscription(
                     recurring.interval_count,
                 ),
                 metadata: i.metadata.clone(),
+                debited_amount: unit_amount(store, &i.price) * i.quantity as i64,
             }
         })
         .collect();
@@ -666,6 +672,7 @@ pub fn create_subscription(
         latest_invoice: None,
         default_payment_method,
         test_clock,
+        billing_mode,
     };
     let lines: Vec<InvoiceLine> = sub
         .items
@@ -759,11 +766,7 @@ pub fn plan_item_changes(
                 })?;
                 let old = items[idx].clone();
                 if change.deleted {
-                    let credit = -prorate(
-                        unit_amount(store, &old.price) * old.quantity as i64,
-                        remaining,
-                        total,
-                    );
+                    let credit = -prorate(credit_base(store, sub, &old), remaining, total);
                     prorations.push(Proration {
                         description: format!(
                             "Unused time on {} after {date}",
@@ -786,14 +789,13 @@ pub fn plan_item_changes(
                 if new_price == old.price && new_quantity == old.quantity {
                     continue;
                 }
-                let old_amount = unit_amount(store, &old.price) * old.quantity as i64;
                 let new_amount = unit_amount(store, &new_price) * new_quantity as i64;
                 prorations.push(Proration {
                     description: format!(
                         "Unused time on {} after {date}",
                         describe(store, &old.price, old.quantity)
                     ),
-                    amount: -prorate(old_amount, remaining, total),
+                    amount: -prorate(credit_base(store, sub, &old), remaining, total),
                     price: old.price.clone(),
                     quantity: old.quantity,
                     subscription_item: old.id.clone(),
@@ -812,6 +814,9 @@ pub fn plan_item_changes(
                 });
                 items[idx].price = new_price;
                 items[idx].quantity = new_quantity;
+                // The remaining time is debited at the new price (a caller that does not
+                // prorate keeps the old debit: `keep_debits`).
+                items[idx].debited_amount = new_amount;
             }
             None => {
                 let price = change
@@ -827,6 +832,7 @@ pub fn plan_item_changes(
                     period_start: start,
                     period_end: end,
                     metadata: change.metadata.clone().unwrap_or_default(),
+                    debited_amount: unit_amount(store, &price) * quantity as i64,
                 };
                 prorations.push(Proration {
                     description: format!(
@@ -848,6 +854,26 @@ pub fn plan_item_changes(
         }
     }
     Ok((items, prorations))
+}
+
+/// The full-period amount a credit for `item`'s unused time is computed from: what was
+/// debited for it this period in flexible billing mode, its current price in classic
+/// (Stripe's "billing mode" guide: flexible credits from what was actually billed).
+pub fn credit_base(store: &Store, sub: &Subscription, item: &SubscriptionItem) -> i64 {
+    match sub.billing_mode {
+        BillingMode::Flexible => item.debited_amount,
+        BillingMode::Classic => unit_amount(store, &item.price) * item.quantity as i64,
+    }
+}
+
+/// A change made without prorations debits nothing: the items keep what their period
+/// was debited at.
+pub fn keep_debits(before: &[SubscriptionItem], after: &mut [SubscriptionItem]) {
+    for item in after {
+        if let Some(old) = before.iter().find(|o| o.id == item.id) {
+            item.debited_amount = old.debited_amount;
+        }
+    }
 }
 
 fn describe(store: &Store, price: &str, quantity: u64) -> String {
@@ -935,10 +961,17 @@ pub fn renew(store: &mut Store, sub_id: &str, at: i64) {
     }
     let previous_items = objects::subscription(store, &sub)["items"].clone();
     let (lines, period) = renewal_lines(store, &sub);
+    // The renewal debits every item at its current price.
+    let debits: Vec<i64> = sub
+        .items
+        .iter()
+        .map(|i| unit_amount(store, &i.price) * i.quantity as i64)
+        .collect();
     if let Some(s) = store.subscriptions.get_mut(sub_id) {
-        for item in &mut s.items {
+        for (item, debit) in s.items.iter_mut().zip(debits) {
             item.period_start = period.0;
             item.period_end = period.1;
+            item.debited_amount = debit;
         }
     }
     let delay = store.draft_finalize_delay;

@@ -193,6 +193,9 @@ pub fn subscription_item(store: &Store, sub: &Subscription, item: &SubscriptionI
 
 pub fn subscription(store: &Store, s: &Subscription) -> Value {
     let mut v = template("subscription");
+    let flexible = (s.billing_mode == crate::state::BillingMode::Flexible)
+        .then(|| json!({ "proration_discounts": "included" }));
+    let billing_mode = json!({ "type": s.billing_mode.as_str(), "flexible": flexible });
     let items: Vec<Value> = s
         .items
         .iter()
@@ -233,7 +236,7 @@ pub fn subscription(store: &Store, s: &Subscription) -> Value {
             "trial_end": null,
             "trial_start": null,
             "billing_thresholds": null,
-            "billing_mode": { "type": "classic" },
+            "billing_mode": billing_mode,
             "billing_schedules": [],
             "managed_payments": null,
             "discounts": [],
@@ -404,7 +407,7 @@ pub fn invoice(store: &Store, inv: &Invoice) -> Value {
             "metadata": inv.metadata,
             "test_clock": inv.test_clock,
             "account_name": "Stripe stand-in",
-            "default_payment_method": null,
+            "default_payment_method": inv.default_payment_method,
             "from_invoice": null,
             "hosted_invoice_url": if is_draft { Value::Null } else { json!(format!("https://invoice.stripe.standin/i/{}", inv.id)) },
             "invoice_pdf": if is_draft { Value::Null } else { json!(format!("https://invoice.stripe.standin/i/{}/pdf", inv.id)) },

@@ -123,6 +123,11 @@ pub struct CheckoutSession {
     pub metadata: Metadata,
     pub subscription_metadata: Metadata,
     pub payment_intent_metadata: Metadata,
+    /// `subscription_data[billing_mode][type]` of the subscription Checkout creates.
+    pub subscription_billing_mode: BillingMode,
+    /// `payment_intent_data[setup_future_usage]` was set: a payment-mode session saves
+    /// the card to the customer (otherwise Checkout does not).
+    pub save_payment_method: bool,
     pub status: String,
     pub payment_status: String,
     pub subscription: Option<String>,
@@ -151,6 +156,9 @@ pub struct SubscriptionItem {
     pub period_start: i64,
     pub period_end: i64,
     pub metadata: Metadata,
+    /// What this item's current period was debited at, as a full-period amount (cents):
+    /// flexible billing mode credits unused time from it, classic from the current price.
+    pub debited_amount: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +181,38 @@ pub struct Subscription {
     pub latest_invoice: Option<String>,
     pub default_payment_method: Option<String>,
     pub test_clock: Option<String>,
+    pub billing_mode: BillingMode,
+}
+
+/// `billing_mode.type`: `flexible` is the default for new subscriptions since API
+/// 2025-09-30; `classic` is what older subscriptions have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BillingMode {
+    Classic,
+    #[default]
+    Flexible,
+}
+
+impl BillingMode {
+    pub fn parse(value: Option<&str>, param: &str) -> Result<Self, crate::errors::ApiError> {
+        match value {
+            None | Some("flexible") => Ok(BillingMode::Flexible),
+            Some("classic") => Ok(BillingMode::Classic),
+            Some(other) => Err(crate::errors::ApiError::invalid(
+                param,
+                format!(
+                    "Invalid billing_mode[type]: must be one of classic or flexible, not {other}"
+                ),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillingMode::Classic => "classic",
+            BillingMode::Flexible => "flexible",
+        }
+    }
 }
 
 impl Subscription {
@@ -249,6 +289,9 @@ pub struct Invoice {
     pub test_clock: Option<String>,
     pub auto_advance: bool,
     pub subscription_metadata: Metadata,
+    /// The invoice's own `default_payment_method`: charged before the subscription's
+    /// and the customer's.
+    pub default_payment_method: Option<String>,
 }
 
 impl Invoice {

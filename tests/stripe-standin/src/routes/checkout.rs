@@ -11,8 +11,8 @@ use super::{answer, page};
 use crate::billing::{self, NewItem, PaymentBehavior};
 use crate::errors::{ApiError, ApiResult};
 use crate::state::{
-    CheckoutLine, CheckoutSession, Customer, PaymentMethod, PaymentMode, PortalSession, Store,
-    new_id,
+    BillingMode, CheckoutLine, CheckoutSession, Customer, PaymentMethod, PaymentMode,
+    PortalSession, Store, new_id,
 };
 use crate::{App, StripeRequest, clock, objects};
 
@@ -94,6 +94,16 @@ async fn create(State(app): State<App>, req: StripeRequest) -> ApiResult<Json<Va
         .child("payment_intent_data")
         .metadata("metadata")?
         .unwrap_or_default();
+    let subscription_billing_mode = BillingMode::parse(
+        p.child("subscription_data")
+            .child("billing_mode")
+            .str("type"),
+        "subscription_data[billing_mode][type]",
+    )?;
+    let save_payment_method = p
+        .child("payment_intent_data")
+        .str("setup_future_usage")
+        .is_some();
     app.run(&req.info, |store| {
         let customer = p.str("customer").map(str::to_string);
         if let Some(c) = &customer
@@ -143,6 +153,8 @@ async fn create(State(app): State<App>, req: StripeRequest) -> ApiResult<Json<Va
             metadata,
             subscription_metadata,
             payment_intent_metadata,
+            subscription_billing_mode,
+            save_payment_method,
             status: "open".into(),
             payment_status: "unpaid".into(),
             subscription: None,
@@ -318,15 +330,6 @@ async fn complete(
             }
         };
         let now = store.now_for_customer(&customer_id);
-        let pm = new_id("pm");
-        store.payment_methods.insert(
-            pm.clone(),
-            PaymentMethod {
-                id: pm.clone(),
-                created: now,
-                customer: Some(customer_id.clone()),
-            },
-        );
         if let Some(s) = store.checkout_sessions.get_mut(&id) {
             s.customer = Some(customer_id.clone());
             if s.customer_email.is_none() {
@@ -337,18 +340,25 @@ async fn complete(
             }
         }
         let paid = if session.mode == "subscription" {
-            let before = objects::customer(&store.customers[&customer_id]);
-            if let Some(c) = store.customers.get_mut(&customer_id) {
-                c.default_payment_method = Some(pm.clone());
+            // Since API 2025-03-31 a declined card on a subscription Checkout page leaves
+            // nothing behind: no subscription, no invoice; the session stays open for
+            // another card.
+            let declined = fail
+                || store
+                    .customers
+                    .get(&customer_id)
+                    .is_some_and(|c| c.effective_payment_mode() != PaymentMode::Succeed);
+            if declined {
+                return Ok(Json(answer(
+                    store,
+                    objects::checkout_session(&store.checkout_sessions[&id]),
+                    p,
+                )));
             }
-            let after = objects::customer(&store.customers[&customer_id]);
-            billing::emit(
-                store,
-                "customer.updated",
-                after.clone(),
-                Some(super::customers::previous_attributes(&before, &after)),
-                now,
-            );
+            // Checkout attaches the card to the customer and makes it the
+            // *subscription's* default payment method; the customer's
+            // `invoice_settings.default_payment_method` is left as it was.
+            let pm = new_payment_method(store, Some(&customer_id), now);
             let items = session
                 .line_items
                 .iter()
@@ -358,17 +368,16 @@ async fn complete(
                     metadata: Default::default(),
                 })
                 .collect();
-            let sub_id = with_forced_failure(store, &customer_id, fail, |store| {
-                billing::create_subscription(
-                    store,
-                    &customer_id,
-                    items,
-                    session.subscription_metadata.clone(),
-                    None,
-                    PaymentBehavior::AllowIncomplete,
-                    now,
-                )
-            })?;
+            let sub_id = billing::create_subscription(
+                store,
+                &customer_id,
+                items,
+                session.subscription_metadata.clone(),
+                Some(pm),
+                PaymentBehavior::AllowIncomplete,
+                session.subscription_billing_mode,
+                now,
+            )?;
             let sub = &store.subscriptions[&sub_id];
             let ok = sub.status == "active";
             let invoice = sub.latest_invoice.clone();
@@ -378,6 +387,10 @@ async fn complete(
             }
             ok
         } else {
+            // A payment-mode session saves the card to the customer only when asked to
+            // (`payment_intent_data[setup_future_usage]`).
+            let owner = session.save_payment_method.then_some(customer_id.as_str());
+            let pm = new_payment_method(store, owner, now);
             let outcome = with_forced_failure(store, &customer_id, fail, |store| {
                 billing::take_payment(
                     store,
@@ -385,7 +398,7 @@ async fn complete(
                     session.amount_subtotal,
                     &session.currency,
                     None,
-                    Some(pm.clone()),
+                    Some(pm),
                     session.payment_intent_metadata.clone(),
                     now,
                 )
@@ -409,6 +422,20 @@ async fn complete(
             p,
         )))
     })
+}
+
+/// The card the customer entered on the Checkout page, attached to `owner` if any.
+fn new_payment_method(store: &mut Store, owner: Option<&str>, now: i64) -> String {
+    let pm = new_id("pm");
+    store.payment_methods.insert(
+        pm.clone(),
+        PaymentMethod {
+            id: pm.clone(),
+            created: now,
+            customer: owner.map(str::to_string),
+        },
+    );
+    pm
 }
 
 async fn create_portal_session(

@@ -119,6 +119,7 @@ async fn create(State(app): State<App>, req: StripeRequest) -> ApiResult<Json<Va
         "pending_invoice_items_behavior",
         "currency",
         "days_until_due",
+        "default_payment_method",
     ])?;
     let customer = p.required_str("customer")?.to_string();
     let metadata = p.metadata("metadata")?.unwrap_or_default();
@@ -140,6 +141,15 @@ async fn create(State(app): State<App>, req: StripeRequest) -> ApiResult<Json<Va
             ));
         }
         let now = store.now_for_customer(&customer);
+        let payment_method = match p.str("default_payment_method") {
+            Some(pm) => Some(super::payments::attach_payment_method(
+                store,
+                &customer,
+                pm,
+                "default_payment_method",
+            )?),
+            None => None,
+        };
         let currency = p.str("currency").unwrap_or("usd").to_string();
         let subscription = p.str("subscription");
         let id = billing::create_draft(
@@ -157,6 +167,7 @@ async fn create(State(app): State<App>, req: StripeRequest) -> ApiResult<Json<Va
         if let Some(inv) = store.invoices.get_mut(&id) {
             inv.metadata = metadata;
             inv.auto_advance = auto_advance;
+            inv.default_payment_method = payment_method;
         }
         Ok(Json(answer(
             store,
@@ -382,6 +393,7 @@ async fn create_preview(State(app): State<App>, req: StripeRequest) -> ApiResult
                 .and_then(|c| c.test_clock.clone()),
             auto_advance: false,
             subscription_metadata: sub.as_ref().map(|s| s.metadata.clone()).unwrap_or_default(),
+            default_payment_method: None,
         };
         let mut lines = pending_lines(store, &customer, preview.subscription.as_deref());
         if let Some(sub) = &sub {

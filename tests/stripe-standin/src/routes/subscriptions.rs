@@ -10,7 +10,7 @@ use super::{answer, created_filter, page};
 use crate::billing::{self, ItemChange, NewItem, PaymentBehavior};
 use crate::errors::{ApiError, ApiResult};
 use crate::form::{Params, merge_metadata};
-use crate::state::{InvoiceItem, Metadata, PaymentMode, Store, new_id};
+use crate::state::{BillingMode, InvoiceItem, Metadata, PaymentMode, Store, new_id};
 use crate::{App, StripeRequest, objects};
 
 pub fn router() -> Router<App> {
@@ -49,8 +49,11 @@ async fn create(State(app): State<App>, req: StripeRequest) -> ApiResult<Json<Va
         "description",
         "currency",
         "payment_settings",
+        "billing_mode",
     ])?;
     let customer = p.required_str("customer")?.to_string();
+    let billing_mode =
+        BillingMode::parse(p.child("billing_mode").str("type"), "billing_mode[type]")?;
     if p.str("collection_method")
         .is_some_and(|c| c != "charge_automatically")
     {
@@ -91,8 +94,16 @@ async fn create(State(app): State<App>, req: StripeRequest) -> ApiResult<Json<Va
             None => None,
         };
         let now = store.now_for_customer(&customer);
-        let id =
-            billing::create_subscription(store, &customer, items, metadata, pm, behavior, now)?;
+        let id = billing::create_subscription(
+            store,
+            &customer,
+            items,
+            metadata,
+            pm,
+            behavior,
+            billing_mode,
+            now,
+        )?;
         Ok(Json(answer(
             store,
             objects::subscription(store, &store.subscriptions[&id]),
@@ -265,7 +276,10 @@ async fn update(
         }
         let now = store.now_for_customer(&sub.customer);
         let t = proration_time(store, &id, proration_date, "proration_date")?;
-        let (new_items, prorations) = billing::plan_item_changes(store, &sub, &changes, t)?;
+        let (mut new_items, prorations) = billing::plan_item_changes(store, &sub, &changes, t)?;
+        if behavior == "none" {
+            billing::keep_debits(&sub.items, &mut new_items);
+        }
         let net: i64 = prorations.iter().map(|p| p.amount).sum();
         if behavior == "always_invoice"
             && pay_behavior == PaymentBehavior::ErrorIfIncomplete
@@ -370,12 +384,7 @@ async fn cancel(
         if prorate {
             let (start, end) = sub.period();
             for item in &sub.items {
-                let amount = store
-                    .prices
-                    .get(&item.price)
-                    .map(|p| p.unit_amount)
-                    .unwrap_or(0)
-                    * item.quantity as i64;
+                let amount = billing::credit_base(store, &sub, item);
                 let credit = -billing::prorate(amount, end - now, end - start);
                 if credit == 0 {
                     continue;

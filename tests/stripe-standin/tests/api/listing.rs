@@ -125,13 +125,28 @@ async fn customer_metadata_can_make_payments_fail() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(body["status"], "open", "an unpaid Checkout stays open");
+    // Since API 2025-03-31 a declined subscription Checkout leaves no subscription.
     let subs = ListSubscription::new()
         .customer(customer.as_str())
-        .status(stripe_billing::subscription::ListSubscriptionStatus::Incomplete)
+        .status(stripe_billing::subscription::ListSubscriptionStatus::All)
         .send(&app.client)
         .await
         .unwrap();
-    assert_eq!(subs.data.len(), 1);
+    assert_eq!(subs.data.len(), 0);
+    // A direct subscription for the same customer is made and its payment fails.
+    let sub = stripe_billing::subscription::CreateSubscription::new()
+        .customer(customer.as_str())
+        .items(vec![
+            stripe_billing::subscription::CreateSubscriptionItems {
+                price: Some(plans.basic.id.as_str().to_string()),
+                ..Default::default()
+            },
+        ])
+        .default_payment_method("pm_card_visa")
+        .send(&app.client)
+        .await
+        .unwrap();
+    assert_eq!(sub.status.as_str(), "incomplete");
     let (_, events) = app.get("/v1/events?type=invoice.payment_failed").await;
     let event = &events["data"][0];
     assert_eq!(event["data"]["object"]["status"], "open");

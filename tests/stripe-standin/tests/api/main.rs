@@ -4,5 +4,6 @@ mod catalog;
 mod errors_and_idempotency;
 mod helpers;
 mod listing;
+mod stripe_2026;
 mod subscriptions;
 mod webhooks;
