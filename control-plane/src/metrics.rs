@@ -29,6 +29,9 @@ pub struct Metrics {
     pub stripe_reconcile_repairs: IntCounter,
     /// Payment failures and recoveries seen in webhooks.
     pub payments: IntCounterVec,
+    /// Payments tollgate gave back because the purchase no longer fitted (a duplicate
+    /// subscription, a credit pack paid for on fixed fee), by reason.
+    pub purchases_refunded: IntCounterVec,
     /// Outbound notification attempts by outcome (delivered, failed).
     pub notifications: IntCounterVec,
     // Business metrics. Gauges derived from PostgreSQL are refreshed by a job
@@ -116,6 +119,14 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(payments.clone()))?;
+        let purchases_refunded = IntCounterVec::new(
+            Opts::new(
+                "purchases_refunded_total",
+                "Payments refunded because the purchase no longer fitted, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(purchases_refunded.clone()))?;
         let notifications = IntCounterVec::new(
             Opts::new(
                 "notifications_total",
@@ -226,6 +237,7 @@ impl Metrics {
             overage_billed_cents,
             stripe_reconcile_repairs,
             payments,
+            purchases_refunded,
             registry,
             http_requests,
             usage_events_ingested,
@@ -270,6 +282,13 @@ impl Metrics {
         }
         for outcome in ["failed", "recovered"] {
             self.payments.with_label_values(&[outcome]);
+        }
+        for reason in [
+            crate::stripe::RefundReason::DuplicateSubscription,
+            crate::stripe::RefundReason::CreditsOnFixedFee,
+        ] {
+            self.purchases_refunded
+                .with_label_values(&[reason.as_str()]);
         }
         for outcome in ["delivered", "failed"] {
             self.notifications.with_label_values(&[outcome]);

@@ -344,6 +344,27 @@ pub async fn bill_ended_subscription(
     }) = overage_due(tx, plan, customer, period_start).await?
     else {
         record_within_allowance(tx, customer, period_start, period_end, plan, "none").await?;
+        // Overage of earlier periods may still wait for a next invoice that will not come.
+        if gateway
+            .has_pending_items(stripe_customer, subscription)
+            .await?
+        {
+            let start = period_start.unix_timestamp().to_string();
+            let key = ["final_sweep", customer, start.as_str()];
+            let invoice = gateway
+                .open_standalone_invoice(
+                    stripe_customer,
+                    payment_method,
+                    Some(subscription),
+                    &format!("Final usage of the {} plan", plan.name()),
+                    HashMap::from([("tollgate_customer_id".to_owned(), customer.to_owned())]),
+                    &key,
+                )
+                .await?;
+            let status = gateway.finalize_and_pay(&invoice, &key).await?;
+            tracing::info!(customer, invoice = %invoice, status = ?status,
+                "pending overage of an ended subscription invoiced");
+        }
         return Ok(None);
     };
     let start = period_start.unix_timestamp().to_string();

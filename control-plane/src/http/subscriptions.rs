@@ -9,7 +9,9 @@ use crate::stripe::{ProrationPreview, StripeGateway, lookup_key};
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use billing_model::{BillingModel, BillingPeriod, CustomerId, Money, Plan, PlanId, prorate_change};
+use billing_model::{
+    BillingModel, BillingPeriod, CustomerId, Money, Plan, PlanId, prorate_change, unused_time,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -179,16 +181,12 @@ async fn subscribe_fixed(
 ) -> Result<(), ApiError> {
     let gateway = gateway(state)?;
     let stripe_customer = super::checkout::stripe_customer(state, &gateway, customer).await?;
-    if gateway
-        .default_payment_method(&stripe_customer)
-        .await?
-        .is_none()
-    {
+    let Some(card) = saved_card(state, &gateway, customer, &stripe_customer).await? else {
         return Err(ApiError::Conflict {
             code: "payment_method_required",
             message: "no saved payment method: subscribe through POST /checkout".into(),
         });
-    }
+    };
     let price = gateway
         .price(&lookup_key(target.id().as_str(), "monthly"))
         .await?;
@@ -217,7 +215,13 @@ async fn subscribe_fixed(
         ("tollgate_plan".to_owned(), target.id().to_string()),
     ]);
     let sub = match gateway
-        .create_subscription(&stripe_customer, &price, metadata, &intent.stripe_key)
+        .create_subscription(
+            &stripe_customer,
+            &price,
+            Some(&card),
+            metadata,
+            &intent.stripe_key,
+        )
         .await
     {
         Ok(sub) => sub,
@@ -233,6 +237,36 @@ async fn subscribe_fixed(
     crate::intents::finish(&state.pool, &intent, crate::intents::Outcome::Completed).await?;
     crate::webhooks::sync_subscription_now(state, &sub).await?;
     Ok(())
+}
+
+/// The card a new subscription is charged to: the customer's default payment method, else
+/// the card their latest earlier subscription was paid with (Checkout attaches its card to
+/// the customer but makes it the *subscription's* default, not the customer's). A credit
+/// pack saves no card (payment-mode Checkout does not), so a customer who only ever bought
+/// credits goes through Checkout to subscribe.
+async fn saved_card(
+    state: &AppState,
+    gateway: &StripeGateway,
+    customer: &CustomerId,
+    stripe_customer: &str,
+) -> Result<Option<String>, ApiError> {
+    if let Some(card) = gateway.default_payment_method(stripe_customer).await? {
+        return Ok(Some(card));
+    }
+    let earlier: Vec<String> = sqlx::query_scalar(
+        "SELECT stripe_subscription_id FROM subscriptions
+         WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
+         ORDER BY created_at DESC LIMIT 3",
+    )
+    .bind(customer.as_str())
+    .fetch_all(&state.pool)
+    .await?;
+    for subscription in earlier {
+        if let Some(card) = gateway.subscription_payment_method(&subscription).await? {
+            return Ok(Some(card));
+        }
+    }
+    Ok(None)
 }
 
 /// The customer is on prepaid credits of `target` from now on; what is left of earlier
@@ -372,27 +406,99 @@ async fn switch_model(
             ),
         ));
     }
-    let expired = match model {
+    let (expired, unused_fee) = match model {
         BillingModel::CreditBurndown => {
-            // Unused fixed-fee time is credited to the customer's Stripe balance.
-            if let Some(current) = &current {
-                gateway(state)?
-                    .cancel_now_prorated(&current.stripe_subscription_id)
-                    .await?;
-                resync(state, &current.stripe_subscription_id).await?;
-            }
+            let unused = match &current {
+                Some(current) => end_for_credits(state, current).await?,
+                None => None,
+            };
             let expired = expire_credits(state, customer).await?;
             enter_credit_model(state, customer, target).await?;
-            expired
+            let credited = match (unused, &current) {
+                (Some(amount), Some(current)) => {
+                    grant_unused_fee(state, customer, target, current, amount).await?
+                }
+                _ => None,
+            };
+            (expired, credited)
         }
         BillingModel::FixedFee => {
             // The subscription's sync expires the credits in the same transaction.
             let before = open_grants(state, customer).await?;
             subscribe_fixed(state, customer, target, None).await?;
-            before.saturating_sub(open_grants(state, customer).await?)
+            (
+                before.saturating_sub(open_grants(state, customer).await?),
+                None,
+            )
         }
     };
-    Ok(json!({ "credits_expired": expired }))
+    Ok(json!({ "credits_expired": expired, "unused_fee_credited": unused_fee }))
+}
+
+/// Ends the fixed-fee subscription for a switch to credits and says what its unused,
+/// paid-for time is worth. Stripe's own proration credit would go to the customer's
+/// Stripe balance, which only invoices consume, and credit packs are paid without an
+/// invoice: the money would be stranded. So the subscription is cancelled without
+/// proration (pending prorations are invoiced now; overage goes on the final invoice the
+/// sync opens) and the caller grants the unused time as tollgate credits. A period not paid for
+/// (past due) is worth nothing.
+async fn end_for_credits(state: &AppState, current: &Current) -> Result<Option<Money>, ApiError> {
+    let gateway = gateway(state)?;
+    let sub = current.stripe_subscription_id.as_str();
+    let (_, start, end, _) = gateway.subscription_item(sub).await?;
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM subscriptions WHERE stripe_subscription_id = $1")
+            .bind(sub)
+            .fetch_one(&state.pool)
+            .await?;
+    let at = OffsetDateTime::now_utc().unix_timestamp().clamp(start, end);
+    gateway.cancel_now_invoicing_pending(sub).await?;
+    resync(state, sub).await?;
+    if status != "active" {
+        return Ok(None);
+    }
+    // The fee of the plan paid for this period (during a pending downgrade, the higher
+    // one: flexible billing debited it).
+    let paid = plan(state, "plan", &current.plan_type)?;
+    let period = BillingPeriod::from_bounds(
+        OffsetDateTime::from_unix_timestamp(start).map_err(|e| anyhow::anyhow!(e))?,
+        OffsetDateTime::from_unix_timestamp(end).map_err(|e| anyhow::anyhow!(e))?,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let at = OffsetDateTime::from_unix_timestamp(at).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Some(
+        unused_time(paid.monthly_fee(), period, at).map_err(|e| anyhow::anyhow!(e))?,
+    ))
+}
+
+/// The unused fixed fee as a credit grant on `target`'s per-ticket price (worth the
+/// amount to the cent; the tickets are the whole units it buys). Once per subscription.
+async fn grant_unused_fee(
+    state: &AppState,
+    customer: &CustomerId,
+    target: &Plan,
+    current: &Current,
+    amount: Money,
+) -> Result<Option<Money>, ApiError> {
+    let Some(unit_price) = target.credit_unit_price() else {
+        return Ok(None);
+    };
+    if amount.is_zero() {
+        return Ok(None);
+    }
+    sqlx::query(
+        "INSERT INTO billing_credits (customer_id, credit_amount, purchased_amount, unit_price,
+             converted_from_subscription)
+         VALUES ($1, $2, $2, $3, $4)
+         ON CONFLICT (converted_from_subscription) DO NOTHING",
+    )
+    .bind(customer.as_str())
+    .bind(amount.as_decimal())
+    .bind(unit_price.as_decimal())
+    .bind(&current.stripe_subscription_id)
+    .execute(&state.pool)
+    .await?;
+    Ok(Some(amount))
 }
 
 async fn open_grants(state: &AppState, customer: &CustomerId) -> Result<u64, ApiError> {

@@ -119,6 +119,9 @@ pub const OPERATIONS: &[&str] = &[
     "retrieve_subscription",
     "retrieve_invoice",
     "list_events",
+    "refund",
+    "void_invoice",
+    "list_invoice_items",
 ];
 
 /// An idempotency key for `parts`: the same operation on the same inputs gets the same
@@ -265,8 +268,14 @@ impl StripeGateway {
             .metadata(metadata.clone());
         request = match mode {
             CheckoutSessionMode::Subscription => {
+                use stripe_checkout::checkout_session::{
+                    CreateCheckoutSessionSubscriptionDataBillingMode as Mode,
+                    CreateCheckoutSessionSubscriptionDataBillingModeType as ModeType,
+                };
                 request.subscription_data(CreateCheckoutSessionSubscriptionData {
                     metadata: Some(metadata),
+                    // Named, not left to the account's API version: see `create_subscription`.
+                    billing_mode: Some(Mode::new(ModeType::Flexible)),
                     ..CreateCheckoutSessionSubscriptionData::new()
                 })
             }
@@ -508,7 +517,8 @@ pub fn downgraded_from(metadata: &HashMap<String, String>, period_end: i64) -> O
 }
 
 impl StripeGateway {
-    /// The customer's default payment method (set by Checkout or the Portal), if any.
+    /// The customer's default payment method (`invoice_settings`, set through the Portal
+    /// or the API; Checkout leaves it alone and puts its card on the subscription), if any.
     pub async fn default_payment_method(
         &self,
         stripe_customer: &str,
@@ -527,21 +537,36 @@ impl StripeGateway {
             .map(|pm| pm.id().as_str().to_owned()))
     }
 
-    /// Subscribes a customer who already has a default payment method; the first
-    /// invoice is charged at once and a decline fails the call (nothing is left behind).
-    /// Runs under the purchase intent's idempotency key.
+    /// Subscribes a customer with a saved card (`payment_method`: the customer's default or
+    /// the card an earlier subscription was paid with); the first invoice is charged at
+    /// once and a decline fails the call (nothing is left behind). Runs under the purchase
+    /// intent's idempotency key.
+    ///
+    /// The billing mode is named (`flexible`, Stripe's default for new subscriptions since
+    /// API 2025-09-30) rather than left to the account's API version: flexible credits a
+    /// change from what was actually debited, which is what tollgate's own proration
+    /// check and its downgrade-at-period-end (a price move without proration) assume.
     pub async fn create_subscription(
         &self,
         stripe_customer: &str,
         price: &PriceRef,
+        payment_method: Option<&str>,
         metadata: HashMap<String, String>,
         idempotency_key: &str,
     ) -> Result<String, GatewayError> {
         use stripe_billing::subscription::{
-            CreateSubscription, CreateSubscriptionItems, CreateSubscriptionPaymentBehavior,
+            CreateSubscription, CreateSubscriptionBillingMode, CreateSubscriptionBillingModeType,
+            CreateSubscriptionItems, CreateSubscriptionPaymentBehavior,
         };
-        let sub = CreateSubscription::new()
+        let mut request = CreateSubscription::new();
+        if let Some(pm) = payment_method {
+            request = request.default_payment_method(pm);
+        }
+        let sub = request
             .customer(stripe_customer)
+            .billing_mode(CreateSubscriptionBillingMode::new(
+                CreateSubscriptionBillingModeType::Flexible,
+            ))
             .items(vec![CreateSubscriptionItems {
                 price: Some(price.id.clone()),
                 quantity: Some(1),
@@ -602,15 +627,19 @@ impl StripeGateway {
         Ok(())
     }
 
-    /// Ends the subscription now, crediting the unused time to the customer's Stripe
-    /// balance (used when the customer leaves fixed fee for prepaid credits).
-    pub async fn cancel_now_prorated(&self, subscription: &str) -> Result<(), GatewayError> {
+    /// Ends the subscription now without proration, invoicing pending prorations at once
+    /// (used when the customer leaves fixed fee for prepaid credits: tollgate credits the
+    /// unused time itself, see `switch_model`).
+    pub async fn cancel_now_invoicing_pending(
+        &self,
+        subscription: &str,
+    ) -> Result<(), GatewayError> {
         use stripe_billing::subscription::CancelSubscription;
         CancelSubscription::new(subscription)
-            .prorate(true)
+            .prorate(false)
             .invoice_now(true)
             .customize()
-            .request_strategy(idempotency(&["cancel_prorated", subscription]))
+            .request_strategy(idempotency(&["cancel_for_credits", subscription]))
             .send(&self.client)
             .timed(&self.api_seconds, "cancel_now_prorated")
             .await?;
@@ -797,5 +826,130 @@ impl StripeGateway {
             .timed(&self.api_seconds, "retrieve_invoice")
             .await?;
         Ok(invoice.status.map(|s| s.as_str().to_owned()))
+    }
+}
+
+/// Why tollgate gives a payment back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundReason {
+    /// A second subscription the customer paid for while the first was live.
+    DuplicateSubscription,
+    /// A credit pack paid for after the customer moved to fixed fee (credits would not
+    /// count there).
+    CreditsOnFixedFee,
+}
+
+impl RefundReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundReason::DuplicateSubscription => "duplicate_subscription",
+            RefundReason::CreditsOnFixedFee => "credits_on_fixed_fee",
+        }
+    }
+}
+
+impl StripeGateway {
+    /// Refunds a payment in full, once (the key names the payment).
+    pub async fn refund_payment(
+        &self,
+        payment_intent: &str,
+        reason: RefundReason,
+    ) -> Result<(), GatewayError> {
+        use stripe_core::refund::{CreateRefund, CreateRefundReason};
+        let mut request =
+            CreateRefund::new()
+                .payment_intent(payment_intent)
+                .metadata(HashMap::from([(
+                    "tollgate_reason".to_owned(),
+                    reason.as_str().to_owned(),
+                )]));
+        if reason == RefundReason::DuplicateSubscription {
+            request = request.reason(CreateRefundReason::Duplicate);
+        }
+        request
+            .customize()
+            .request_strategy(idempotency(&["refund", payment_intent]))
+            .send(&self.client)
+            .timed(&self.api_seconds, "refund")
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a subscription that duplicates the customer's live one: cancelled now without
+    /// proration (nothing of it was used: access comes from the first), its paid invoice
+    /// refunded in full, an unpaid one voided. Returns the subscription as it ends.
+    pub async fn end_duplicate_subscription(
+        &self,
+        subscription: &str,
+        latest_invoice: Option<&str>,
+    ) -> Result<stripe_shared::Subscription, GatewayError> {
+        use stripe_billing::invoice::{RetrieveInvoice, VoidInvoiceInvoice};
+        use stripe_billing::subscription::CancelSubscription;
+        let ended = CancelSubscription::new(subscription)
+            .prorate(false)
+            .invoice_now(false)
+            .customize()
+            .request_strategy(idempotency(&["cancel_duplicate", subscription]))
+            .send(&self.client)
+            .timed(&self.api_seconds, "cancel_now")
+            .await?;
+        let Some(invoice_id) = latest_invoice else {
+            return Ok(ended);
+        };
+        let invoice = RetrieveInvoice::new(invoice_id)
+            .expand(vec!["payments".to_owned()])
+            .send(&self.client)
+            .timed(&self.api_seconds, "retrieve_invoice")
+            .await?;
+        match invoice.status.as_ref().map(|s| s.as_str()) {
+            Some("paid") => {
+                let paid = invoice
+                    .payments
+                    .iter()
+                    .flat_map(|list| list.data.iter())
+                    .filter(|p| p.status == "paid")
+                    .filter_map(|p| p.payment.payment_intent.as_ref());
+                for intent in paid {
+                    self.refund_payment(intent.id().as_str(), RefundReason::DuplicateSubscription)
+                        .await?;
+                }
+            }
+            Some("open") => {
+                VoidInvoiceInvoice::new(invoice_id)
+                    .customize()
+                    .request_strategy(idempotency(&["void", invoice_id]))
+                    .send(&self.client)
+                    .timed(&self.api_seconds, "void_invoice")
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(ended)
+    }
+}
+
+impl StripeGateway {
+    /// Whether one-off items of `subscription` are waiting for its next invoice (overage
+    /// a late worker or a true-up put there): when the subscription ends, no next invoice
+    /// comes, so its final invoice must sweep them.
+    pub async fn has_pending_items(
+        &self,
+        stripe_customer: &str,
+        subscription: &str,
+    ) -> Result<bool, GatewayError> {
+        use stripe_billing::invoice_item::ListInvoiceItem;
+        let items = ListInvoiceItem::new()
+            .customer(stripe_customer)
+            .pending(true)
+            .limit(100)
+            .send(&self.client)
+            .timed(&self.api_seconds, "list_invoice_items")
+            .await?;
+        Ok(items.data.iter().any(|item| {
+            item.parent
+                .as_ref()
+                .and_then(|p| p.subscription_details.as_ref())
+                .is_some_and(|d| d.subscription == subscription)
+        }))
     }
 }

@@ -222,6 +222,28 @@ async fn apply(
     }
 }
 
+fn is_live(status: &str) -> bool {
+    matches!(status, "active" | "trialing" | "past_due")
+}
+
+/// Whether the customer has a live Stripe subscription other than `subscription_id`.
+async fn another_live_subscription(
+    tx: &mut Transaction<'_, Postgres>,
+    customer: &str,
+    subscription_id: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM subscriptions
+             WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
+               AND stripe_subscription_id <> $2
+               AND status IN ('active', 'trialing', 'past_due'))",
+    )
+    .bind(customer)
+    .bind(subscription_id)
+    .fetch_one(&mut **tx)
+    .await
+}
+
 fn invoice_subscription(invoice: &Value) -> Option<String> {
     invoice["parent"]["subscription_details"]["subscription"]
         .as_str()
@@ -295,6 +317,36 @@ async fn sync_subscription(
     let Ok(customer_id) = CustomerId::parse(&customer) else {
         return Ok(None);
     };
+    // One live subscription per customer. Two Checkout Sessions opened side by side and
+    // both paid give Stripe two subscriptions: the one stored first stays, the other ends
+    // now and its payment goes back. The customer's lock makes concurrent syncs of the two
+    // see each other.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('subscription-sync/' || $1, 0))")
+        .bind(&customer)
+        .execute(&mut **tx)
+        .await?;
+    let duplicate = is_live(sub.status.as_str())
+        && another_live_subscription(tx, &customer, subscription_id).await?;
+    let ended;
+    let sub = if duplicate {
+        let latest = sub
+            .latest_invoice
+            .as_ref()
+            .and_then(|i| i.id().as_ref().map(|id| id.as_str().to_owned()));
+        tracing::warn!(customer = %customer, subscription = subscription_id,
+            "a second live subscription: cancelled and its payment refunded");
+        ended = gateway
+            .end_duplicate_subscription(subscription_id, latest.as_deref())
+            .await?;
+        state
+            .metrics
+            .purchases_refunded
+            .with_label_values(&[crate::stripe::RefundReason::DuplicateSubscription.as_str()])
+            .inc();
+        &ended
+    } else {
+        &sub
+    };
     // A downgrade waits for the period end: Stripe bills the lower price from the next
     // renewal, access stays on the plan it came from until then.
     let downgrade = crate::stripe::downgraded_from(&sub.metadata, item.current_period_end)
@@ -356,7 +408,9 @@ async fn sync_subscription(
     // The subscription ended (cancelled now or at its period end, a switch to credits
     // or Free, Stripe ending it after failed payments): no renewal draft will carry the
     // last period's overage, so it is invoiced now (once per period, see `overage`).
-    let ended_now = status == "canceled"
+    // (A duplicate was never the customer's subscription: nothing of it was used.)
+    let ended_now = !duplicate
+        && status == "canceled"
         && stored.is_some()
         && before.as_ref().is_none_or(|b| b.status != "canceled");
     if ended_now
@@ -395,7 +449,7 @@ async fn sync_subscription(
             }
         }
     }
-    if matches!(status.as_str(), "active" | "trialing" | "past_due") {
+    if is_live(&status) {
         expire_credits_on_switch(tx, &customer, subscription_id).await?;
     }
     record_transition(
@@ -606,6 +660,15 @@ async fn grant_credits(
     )
     .execute(&mut **tx)
     .await?;
+    // The same lock as a subscription's sync: a pack and a subscription stored at the
+    // same time see each other.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('subscription-sync/' || $1, 0))")
+        .bind(customer)
+        .execute(&mut **tx)
+        .await?;
+    if another_live_subscription(tx, customer, "").await? {
+        return refund_pack_on_fixed_fee(state, tx, session, customer, amount, unit_price).await;
+    }
     let granted = sqlx::query(
         "INSERT INTO billing_credits (customer_id, credit_amount, purchased_amount, unit_price,
              stripe_checkout_session_id, stripe_payment_intent_id)
@@ -640,6 +703,58 @@ async fn grant_credits(
     .execute(&mut **tx)
     .await?;
     Ok(Some(customer_id))
+}
+
+/// A pack paid for after the customer moved to fixed fee (its Checkout was opened while
+/// they were on Free or credits) would put them on credits while Stripe still bills the
+/// monthly fee, or sit unusable beside it: the payment is refunded in full and the grant
+/// recorded as refunded; the customer stays on fixed fee.
+async fn refund_pack_on_fixed_fee(
+    state: &AppState,
+    tx: &mut Transaction<'_, Postgres>,
+    session: &Value,
+    customer: &str,
+    amount: billing_model::Money,
+    unit_price: billing_model::Money,
+) -> Result<Option<CustomerId>, ApplyError> {
+    let gateway = state
+        .stripe
+        .as_ref()
+        .ok_or(GatewayError::Incomplete("stripe settings"))?;
+    let Some(intent) = session["payment_intent"].as_str() else {
+        return Err(GatewayError::Incomplete("payment_intent").into());
+    };
+    let recorded = sqlx::query(
+        "INSERT INTO billing_credits (customer_id, credit_amount, purchased_amount, unit_price,
+             stripe_checkout_session_id, stripe_payment_intent_id, closed_at, closed_reason)
+         VALUES ($1, $2, $2, $3, $4, $5, now(), 'refund')
+         ON CONFLICT (stripe_checkout_session_id) DO NOTHING",
+    )
+    .bind(customer)
+    .bind(amount.as_decimal())
+    .bind(unit_price.as_decimal())
+    .bind(session["id"].as_str())
+    .bind(intent)
+    .execute(&mut **tx)
+    .await?;
+    if recorded.rows_affected() == 0 {
+        // Granted or refunded already (a redelivery).
+        return Ok(None);
+    }
+    gateway
+        .refund_payment(intent, crate::stripe::RefundReason::CreditsOnFixedFee)
+        .await?;
+    state
+        .metrics
+        .purchases_refunded
+        .with_label_values(&[crate::stripe::RefundReason::CreditsOnFixedFee.as_str()])
+        .inc();
+    tracing::warn!(
+        customer,
+        session = session["id"].as_str(),
+        "credit pack paid for on fixed fee: refunded"
+    );
+    Ok(None)
 }
 
 /// A refunded charge revokes the credits it bought, in proportion: Stripe sends

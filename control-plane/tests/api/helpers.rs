@@ -53,6 +53,7 @@ pub const WEBHOOK_SECRET: &str = "whsec_standin";
 /// The app and a Stripe stand-in that delivers its signed events to the app's webhook
 /// endpoint (the app's port is chosen first so the stand-in can be told where to send).
 pub async fn spawn_app_with_stripe_webhooks() -> TestApp {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     spawn_app_with_stripe_webhooks_and(|_| {}).await
 }
 

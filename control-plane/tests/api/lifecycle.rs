@@ -576,3 +576,97 @@ async fn reconciliation_heals_webhooks_that_were_never_delivered() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_customer_who_paid_through_checkout_resubscribes_with_that_card() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let first = app.subscribe_via_checkout("again", "premium").await;
+    let card =
+        app.stripe_get(&format!("/v1/subscriptions/{first}")).await["default_payment_method"]
+            .as_str()
+            .expect("Checkout keeps its card on the subscription")
+            .to_owned();
+    let id = stripe_customer(&app, "again").await;
+    assert_eq!(
+        app.stripe_get(&format!("/v1/customers/{id}")).await["invoice_settings"]["default_payment_method"],
+        Value::Null,
+        "as in Stripe: not the customer's default"
+    );
+    let cancelled = app
+        .call_as(
+            "again",
+            Method::DELETE,
+            "/api/v1/billing/subscriptions?immediately=true",
+            None,
+        )
+        .await;
+    assert_eq!(cancelled.status(), 200);
+
+    // Subscribing again needs no new Checkout: the card the customer paid with is used.
+    let again = app
+        .call_as(
+            "again",
+            Method::POST,
+            "/api/v1/billing/subscriptions",
+            Some(json!({"plan": "enterprise"})),
+        )
+        .await;
+    assert_eq!(again.status(), 201, "{}", again.text().await.unwrap());
+    let live: String = sqlx::query_scalar(
+        "SELECT stripe_subscription_id FROM subscriptions
+         WHERE customer_id = 'again' AND status = 'active'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_ne!(live, first);
+    let sub = app.stripe_get(&format!("/v1/subscriptions/{live}")).await;
+    assert_eq!(sub["default_payment_method"], card.as_str());
+    assert_eq!(sub["billing_mode"]["type"], "flexible", "named explicitly");
+    let first_invoice = app
+        .stripe_get(&format!(
+            "/v1/invoices/{}",
+            sub["latest_invoice"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(first_invoice["status"], "paid");
+    assert_eq!(first_invoice["amount_paid"], 59_900);
+}
+
+#[tokio::test]
+async fn a_customer_who_only_bought_credits_subscribes_through_checkout() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let session = app
+        .checkout(
+            "packs",
+            &json!({"plan": "premium", "billing_model": "credit_burndown",
+                "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
+        )
+        .await;
+    app.pay(&session).await;
+    app.eventually(
+        "the grant",
+        "SELECT count(*) = 1 FROM billing_credits WHERE customer_id = 'packs'",
+    )
+    .await;
+    // Payment-mode Checkout saved no card: switching to fixed fee needs Checkout.
+    let switch = app
+        .call_as(
+            "packs",
+            Method::PATCH,
+            "/api/v1/billing/subscriptions",
+            Some(json!({"billing_model": "fixed_fee"})),
+        )
+        .await;
+    assert_eq!(switch.status(), 409);
+    assert_eq!(
+        switch.json::<Value>().await.unwrap()["code"],
+        "payment_method_required"
+    );
+    assert_eq!(
+        app.snapshot("packs").await["billing_model"],
+        "credit_burndown"
+    );
+}

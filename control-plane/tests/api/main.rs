@@ -12,6 +12,7 @@ mod internal;
 mod lifecycle;
 mod notifications;
 mod period_endings;
+mod purchases;
 mod schema;
 mod subscriptions;
 mod surface;

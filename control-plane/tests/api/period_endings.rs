@@ -275,3 +275,119 @@ async fn late_usage_of_a_subscription_that_ended_is_invoiced_on_its_own() {
     .unwrap();
     assert_invoiced(&app, &invoice, 796).await;
 }
+
+#[tokio::test]
+async fn a_subscription_ended_by_failed_payments_still_bills_its_last_periods_overage() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let clock = app.customer_on_clock("dunned", now()).await;
+    app.subscribe_via_checkout("dunned", "premium").await;
+    let (_, end) = stored_period(&app, "dunned").await;
+    let stripe_customer: String =
+        sqlx::query_scalar("SELECT stripe_customer_id FROM customers WHERE customer_id = 'dunned'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    app.stripe_post(
+        &format!("/v1/test_helpers/customers/{stripe_customer}/fail_payments"),
+        &[("fail", "true")],
+    )
+    .await;
+    // The renewal fails: the second period runs past due, in grace, on Premium.
+    app.advance(&clock, end.unix_timestamp() + 2 * 3600).await;
+    app.eventually(
+        "the failed renewal",
+        "SELECT status = 'past_due' FROM subscriptions
+         WHERE customer_id = 'dunned' AND stripe_subscription_id IS NOT NULL",
+    )
+    .await;
+    let (start2, end2) = stored_period(&app, "dunned").await;
+    assert_eq!(start2, end);
+    app.ingest_usage("dunned", 115, &rfc(start2), &rfc(end2))
+        .await;
+    // Stripe retries 3, 5 and 7 days later, then cancels the subscription.
+    app.advance(&clock, end.unix_timestamp() + 16 * 86_400)
+        .await;
+    app.eventually(
+        "the cancellation after the last retry",
+        "SELECT status = 'canceled' FROM subscriptions
+         WHERE customer_id = 'dunned' AND stripe_subscription_id IS NOT NULL",
+    )
+    .await;
+    app.eventually(
+        "the last period's overage",
+        "SELECT count(*) = 1 FROM overage_charges WHERE customer_id = 'dunned' AND units > 0",
+    )
+    .await;
+    let (units, amount, invoice): (i64, Decimal, String) = sqlx::query_as(
+        "SELECT units, amount, stripe_invoice_id FROM overage_charges
+         WHERE customer_id = 'dunned' AND units > 0",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((units, amount), (15, Decimal::from_str("29.85").unwrap()));
+    let invoice = app.stripe_get(&format!("/v1/invoices/{invoice}")).await;
+    // Owed: the card still fails, and Stripe keeps collecting it (automatic collection).
+    assert_eq!(invoice["status"], "open", "{invoice}");
+    assert_eq!(invoice["amount_due"], 2_985);
+}
+
+#[tokio::test]
+async fn overage_waiting_for_a_next_invoice_is_invoiced_when_the_subscription_ends() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    // Within the allowance this period, but an earlier period's overage (a true-up part,
+    // a renewal draft reached late) waits for the subscription's next invoice.
+    let (_, _) = premium_with_usage(&app, "pending", 40).await;
+    let sub: String = sqlx::query_scalar(
+        "SELECT stripe_subscription_id FROM subscriptions WHERE customer_id = 'pending'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let stripe_customer: String = sqlx::query_scalar(
+        "SELECT stripe_customer_id FROM customers WHERE customer_id = 'pending'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let item = app
+        .stripe_post(
+            "/v1/invoiceitems",
+            &[
+                ("customer", stripe_customer.as_str()),
+                ("subscription", sub.as_str()),
+                ("amount", "995"),
+                ("currency", "usd"),
+                ("description", "Overage: 5 tickets (late)"),
+            ],
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .call_as(
+            "pending",
+            Method::DELETE,
+            "/api/v1/billing/subscriptions?immediately=true",
+            None,
+        )
+        .await;
+    assert!(r.status().is_success());
+    let mut invoiced = Value::Null;
+    for _ in 0..100 {
+        invoiced = app.stripe_get(&format!("/v1/invoiceitems/{item}")).await;
+        if !invoiced["invoice"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let invoice = invoiced["invoice"]
+        .as_str()
+        .unwrap_or_else(|| panic!("never invoiced: {invoiced}"));
+    let invoice = app.stripe_get(&format!("/v1/invoices/{invoice}")).await;
+    assert_eq!(invoice["status"], "paid", "{invoice}");
+    assert_eq!(invoice["amount_paid"], 995);
+}

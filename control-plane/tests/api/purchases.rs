@@ -1,0 +1,228 @@
+//! Purchases that no longer fit when they are paid, and money that must not be stranded:
+//! two subscription Checkouts paid side by side, a credit pack paid after subscribing, and
+//! the unused fixed fee of a switch to credits.
+
+use crate::helpers::{TestApp, spawn_app_with_stripe_webhooks};
+use reqwest::Method;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use std::str::FromStr;
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn checkout_body(plan: &str, model: &str) -> Value {
+    json!({"plan": plan, "billing_model": model,
+        "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"})
+}
+
+/// The charge that paid a payment intent, as Stripe holds it now.
+async fn charge_of(app: &TestApp, payment_intent: &str) -> Value {
+    let pi = app
+        .stripe_get(&format!("/v1/payment_intents/{payment_intent}"))
+        .await;
+    app.stripe_get(&format!(
+        "/v1/charges/{}",
+        pi["latest_charge"].as_str().expect("a charge")
+    ))
+    .await
+}
+
+/// The payment intent that paid an invoice (`payments`, Stripe's 2025 invoice field).
+async fn invoice_payment_intent(app: &TestApp, invoice: &str) -> String {
+    let invoice = app
+        .stripe_get(&format!("/v1/invoices/{invoice}?expand[]=payments"))
+        .await;
+    invoice["payments"]["data"][0]["payment"]["payment_intent"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a paid invoice: {invoice}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn two_checkouts_paid_side_by_side_leave_one_subscription_and_refund_the_other() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    // Two tabs: both sessions open before either is paid.
+    let first = app
+        .checkout("tabs", &checkout_body("premium", "fixed_fee"))
+        .await;
+    let second = app
+        .checkout("tabs", &checkout_body("enterprise", "fixed_fee"))
+        .await;
+    assert_ne!(first, second);
+    app.pay(&first).await;
+    app.eventually(
+        "the first subscription",
+        "SELECT bool_or(status = 'active') FROM subscriptions WHERE customer_id = 'tabs'",
+    )
+    .await;
+    app.pay(&second).await;
+    let kept = app
+        .stripe_get(&format!("/v1/checkout/sessions/{first}"))
+        .await["subscription"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let extra = app
+        .stripe_get(&format!("/v1/checkout/sessions/{second}"))
+        .await["subscription"]
+        .as_str()
+        .expect("Stripe made a second subscription")
+        .to_owned();
+    app.eventually(
+        "the second subscription to end",
+        &format!(
+            "SELECT count(*) = 1 FROM subscriptions
+             WHERE stripe_subscription_id = '{extra}' AND status = 'canceled'"
+        ),
+    )
+    .await;
+    let live: Vec<String> = sqlx::query_scalar(
+        "SELECT stripe_subscription_id FROM subscriptions
+         WHERE customer_id = 'tabs' AND status = 'active'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(live, vec![kept.clone()], "the one stored first stays");
+    assert_eq!(
+        app.stripe_get(&format!("/v1/subscriptions/{extra}")).await["status"],
+        "canceled"
+    );
+    // Its payment went back in full.
+    let invoice = app.stripe_get(&format!("/v1/subscriptions/{extra}")).await["latest_invoice"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let charge = charge_of(&app, &invoice_payment_intent(&app, &invoice).await).await;
+    assert_eq!(charge["amount"], 59_900);
+    assert_eq!(charge["amount_refunded"], 59_900, "{charge}");
+    assert_eq!(app.snapshot("tabs").await["plan"], "premium");
+    assert_eq!(
+        app.stripe_get(&format!("/v1/subscriptions/{kept}")).await["status"],
+        "active"
+    );
+    // Nothing of the duplicate is billed as usage.
+    let billed: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(units), 0)::BIGINT FROM overage_charges WHERE customer_id = 'tabs'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(billed, 0);
+}
+
+#[tokio::test]
+async fn a_credit_pack_paid_after_subscribing_is_refunded_and_the_plan_kept() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    // Opened while on Free, paid after subscribing to the fixed fee.
+    let pack = app
+        .checkout("late-pack", &checkout_body("premium", "credit_burndown"))
+        .await;
+    app.subscribe_via_checkout("late-pack", "premium").await;
+    app.pay(&pack).await;
+    app.eventually(
+        "the pack recorded as refunded",
+        "SELECT count(*) = 1 FROM billing_credits
+         WHERE customer_id = 'late-pack' AND closed_reason = 'refund'",
+    )
+    .await;
+    let snapshot = app.snapshot("late-pack").await;
+    assert_eq!(snapshot["billing_model"], "fixed_fee", "{snapshot}");
+    assert_eq!(snapshot["plan"], "premium");
+    assert_eq!(snapshot["included_units"], 100);
+    let session = app
+        .stripe_get(&format!("/v1/checkout/sessions/{pack}"))
+        .await;
+    let charge = charge_of(&app, session["payment_intent"].as_str().unwrap()).await;
+    assert!(charge["amount"].as_i64().unwrap() > 0);
+    assert_eq!(charge["amount_refunded"], charge["amount"], "{charge}");
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM subscriptions WHERE customer_id = 'late-pack' AND status = 'active'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(live, 1, "still exactly the fixed-fee subscription");
+}
+
+#[tokio::test]
+async fn switching_to_credits_turns_the_unused_fee_into_credits_not_a_stranded_balance() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let sub = app.subscribe_via_checkout("convert", "premium").await;
+    let item =
+        app.stripe_get(&format!("/v1/subscriptions/{sub}")).await["items"]["data"][0].clone();
+    let (start, end) = (
+        item["current_period_start"].as_i64().unwrap(),
+        item["current_period_end"].as_i64().unwrap(),
+    );
+    let before = now();
+    let r = app
+        .call_as(
+            "convert",
+            Method::PATCH,
+            "/api/v1/billing/subscriptions",
+            Some(json!({"billing_model": "credit_burndown"})),
+        )
+        .await;
+    let after = now();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let credited = Decimal::from_str(body["unused_fee_credited"].as_str().unwrap()).unwrap();
+    // Written from the pricing rule: $199 × remaining / period, half-up to the cent, for
+    // the instant of the switch.
+    let expected = |t: i64| {
+        let n = 19_900_i128 * i128::from(end - t.clamp(start, end));
+        let d = i128::from(end - start);
+        Decimal::new(((2 * n + d) / (2 * d)) as i64, 2)
+    };
+    assert!(
+        expected(after) <= credited && credited <= expected(before),
+        "{credited} not within {}..{}",
+        expected(after),
+        expected(before)
+    );
+    assert_eq!(body["billing_model"], "credit_burndown");
+    // The credit is tollgate credits at Premium's per-ticket price ($1.99), not a Stripe
+    // balance only a future invoice would use.
+    let credits = app.get_as("convert", "/api/v1/billing/credits").await;
+    let grant = &credits["grants"][0];
+    assert_eq!(grant["credit_amount"], credited.to_string());
+    assert_eq!(grant["closed_at"], Value::Null);
+    let units = (credited / Decimal::from_str("1.99").unwrap()).floor();
+    assert_eq!(
+        credits["units_remaining"],
+        json!(units.to_string().parse::<u64>().unwrap())
+    );
+    for invoice in app
+        .stripe_get(&format!("/v1/invoices?subscription={sub}&limit=100"))
+        .await["data"]
+        .as_array()
+        .unwrap()
+    {
+        assert!(
+            invoice["total"].as_i64().unwrap() >= 0,
+            "no credit left in Stripe: {invoice}"
+        );
+    }
+    // Asking again credits nothing twice.
+    let again = app
+        .call_as(
+            "convert",
+            Method::PATCH,
+            "/api/v1/billing/subscriptions",
+            Some(json!({"billing_model": "credit_burndown"})),
+        )
+        .await;
+    assert_eq!(again.status(), 422);
+    let grants: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM billing_credits WHERE customer_id = 'convert'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(grants, 1);
+}
