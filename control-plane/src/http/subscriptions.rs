@@ -440,21 +440,20 @@ async fn switch_model(
 /// Stripe balance, which only invoices consume, and credit packs are paid without an
 /// invoice: the money would be stranded. So the subscription is cancelled without
 /// proration (pending prorations are invoiced now; overage goes on the final invoice the
-/// sync opens) and the caller grants the unused time as tollgate credits. A period not paid for
-/// (past due) is worth nothing.
+/// sync opens) and the caller grants the unused time as tollgate credits. A period whose
+/// latest invoice is not paid (past due, or a renewal draft not collected yet) is worth
+/// nothing. The amount is the plan's list fee (no discounts or tax are modelled).
 async fn end_for_credits(state: &AppState, current: &Current) -> Result<Option<Money>, ApiError> {
     let gateway = gateway(state)?;
     let sub = current.stripe_subscription_id.as_str();
     let (_, start, end, _) = gateway.subscription_item(sub).await?;
-    let status: String =
-        sqlx::query_scalar("SELECT status FROM subscriptions WHERE stripe_subscription_id = $1")
-            .bind(sub)
-            .fetch_one(&state.pool)
-            .await?;
+    // Paid for means the latest invoice is paid: not past due, and not the hour after a
+    // renewal whose draft is not collected yet (cancelling stops its collection).
+    let paid_for = gateway.latest_invoice_paid(sub).await?;
     let at = OffsetDateTime::now_utc().unix_timestamp().clamp(start, end);
     gateway.cancel_now_invoicing_pending(sub).await?;
     resync(state, sub).await?;
-    if status != "active" {
+    if !paid_for {
         return Ok(None);
     }
     // The fee of the plan paid for this period (during a pending downgrade, the higher

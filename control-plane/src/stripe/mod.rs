@@ -875,9 +875,13 @@ impl StripeGateway {
         Ok(())
     }
 
-    /// Ends a subscription that duplicates the customer's live one: cancelled now without
-    /// proration (nothing of it was used: access comes from the first), its paid invoice
-    /// refunded in full, an unpaid one voided. Returns the subscription as it ends.
+    /// Ends a subscription that duplicates the customer's live one: its paid invoice
+    /// refunded in full (an unpaid one voided), then the subscription cancelled now
+    /// without proration (nothing of it was used: access comes from the first). The money
+    /// goes back *before* the cancel: a failure in between leaves the subscription live,
+    /// so the retried sync finds it a duplicate again and replays both steps (each under
+    /// its own key); the other order could cancel and never refund. Returns the
+    /// subscription as it ends.
     pub async fn end_duplicate_subscription(
         &self,
         subscription: &str,
@@ -885,6 +889,39 @@ impl StripeGateway {
     ) -> Result<stripe_shared::Subscription, GatewayError> {
         use stripe_billing::invoice::{RetrieveInvoice, VoidInvoiceInvoice};
         use stripe_billing::subscription::CancelSubscription;
+        if let Some(invoice_id) = latest_invoice {
+            let invoice = RetrieveInvoice::new(invoice_id)
+                .expand(vec!["payments".to_owned()])
+                .send(&self.client)
+                .timed(&self.api_seconds, "retrieve_invoice")
+                .await?;
+            match invoice.status.as_ref().map(|s| s.as_str()) {
+                Some("paid") => {
+                    let paid = invoice
+                        .payments
+                        .iter()
+                        .flat_map(|list| list.data.iter())
+                        .filter(|p| p.status == "paid")
+                        .filter_map(|p| p.payment.payment_intent.as_ref());
+                    for intent in paid {
+                        self.refund_payment(
+                            intent.id().as_str(),
+                            RefundReason::DuplicateSubscription,
+                        )
+                        .await?;
+                    }
+                }
+                Some("open") => {
+                    VoidInvoiceInvoice::new(invoice_id)
+                        .customize()
+                        .request_strategy(idempotency(&["void", invoice_id]))
+                        .send(&self.client)
+                        .timed(&self.api_seconds, "void_invoice")
+                        .await?;
+                }
+                _ => {}
+            }
+        }
         let ended = CancelSubscription::new(subscription)
             .prorate(false)
             .invoice_now(false)
@@ -893,38 +930,38 @@ impl StripeGateway {
             .send(&self.client)
             .timed(&self.api_seconds, "cancel_now")
             .await?;
-        let Some(invoice_id) = latest_invoice else {
-            return Ok(ended);
-        };
-        let invoice = RetrieveInvoice::new(invoice_id)
-            .expand(vec!["payments".to_owned()])
-            .send(&self.client)
-            .timed(&self.api_seconds, "retrieve_invoice")
-            .await?;
-        match invoice.status.as_ref().map(|s| s.as_str()) {
-            Some("paid") => {
-                let paid = invoice
-                    .payments
-                    .iter()
-                    .flat_map(|list| list.data.iter())
-                    .filter(|p| p.status == "paid")
-                    .filter_map(|p| p.payment.payment_intent.as_ref());
-                for intent in paid {
-                    self.refund_payment(intent.id().as_str(), RefundReason::DuplicateSubscription)
-                        .await?;
-                }
-            }
-            Some("open") => {
-                VoidInvoiceInvoice::new(invoice_id)
-                    .customize()
-                    .request_strategy(idempotency(&["void", invoice_id]))
-                    .send(&self.client)
-                    .timed(&self.api_seconds, "void_invoice")
-                    .await?;
-            }
-            _ => {}
-        }
         Ok(ended)
+    }
+
+    /// Whether a subscription is live in Stripe now (the stored row may be stale).
+    pub async fn subscription_is_live(&self, subscription: &str) -> Result<bool, GatewayError> {
+        use stripe_billing::subscription::RetrieveSubscription;
+        let sub = RetrieveSubscription::new(subscription)
+            .send(&self.client)
+            .timed(&self.api_seconds, "retrieve_subscription")
+            .await?;
+        Ok(matches!(
+            sub.status.as_str(),
+            "active" | "trialing" | "past_due"
+        ))
+    }
+
+    /// Whether the subscription's latest invoice is paid: its current period was paid
+    /// for (a renewal's draft, or a renewal whose payment failed, is not).
+    pub async fn latest_invoice_paid(&self, subscription: &str) -> Result<bool, GatewayError> {
+        use stripe_billing::subscription::RetrieveSubscription;
+        let sub = RetrieveSubscription::new(subscription)
+            .send(&self.client)
+            .timed(&self.api_seconds, "retrieve_subscription")
+            .await?;
+        let Some(invoice) = sub
+            .latest_invoice
+            .as_ref()
+            .and_then(|i| i.id().as_ref().map(|id| id.as_str().to_owned()))
+        else {
+            return Ok(false);
+        };
+        Ok(self.invoice_status(&invoice).await?.as_deref() == Some("paid"))
     }
 }
 

@@ -226,21 +226,21 @@ fn is_live(status: &str) -> bool {
     matches!(status, "active" | "trialing" | "past_due")
 }
 
-/// Whether the customer has a live Stripe subscription other than `subscription_id`.
-async fn another_live_subscription(
+/// The customer's stored live Stripe subscriptions other than `subscription_id`.
+async fn other_live_subscriptions(
     tx: &mut Transaction<'_, Postgres>,
     customer: &str,
     subscription_id: &str,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM subscriptions
-             WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
-               AND stripe_subscription_id <> $2
-               AND status IN ('active', 'trialing', 'past_due'))",
+        "SELECT stripe_subscription_id FROM subscriptions
+         WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
+           AND stripe_subscription_id <> $2
+           AND status IN ('active', 'trialing', 'past_due')",
     )
     .bind(customer)
     .bind(subscription_id)
-    .fetch_one(&mut **tx)
+    .fetch_all(&mut **tx)
     .await
 }
 
@@ -325,8 +325,17 @@ async fn sync_subscription(
         .bind(&customer)
         .execute(&mut **tx)
         .await?;
-    let duplicate = is_live(sub.status.as_str())
-        && another_live_subscription(tx, &customer, subscription_id).await?;
+    let mut duplicate = false;
+    if is_live(sub.status.as_str()) {
+        // The stored rows say which came first; Stripe says whether it still lives (a
+        // row left `active` by a lost event must not cost a new subscription its life).
+        for other in other_live_subscriptions(tx, &customer, subscription_id).await? {
+            if gateway.subscription_is_live(&other).await? {
+                duplicate = true;
+                break;
+            }
+        }
+    }
     let ended;
     let sub = if duplicate {
         let latest = sub
@@ -666,7 +675,7 @@ async fn grant_credits(
         .bind(customer)
         .execute(&mut **tx)
         .await?;
-    if another_live_subscription(tx, customer, "").await? {
+    if !other_live_subscriptions(tx, customer, "").await?.is_empty() {
         return refund_pack_on_fixed_fee(state, tx, session, customer, amount, unit_price).await;
     }
     let granted = sqlx::query(

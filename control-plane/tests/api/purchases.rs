@@ -226,3 +226,49 @@ async fn switching_to_credits_turns_the_unused_fee_into_credits_not_a_stranded_b
             .unwrap();
     assert_eq!(grants, 1);
 }
+
+#[tokio::test]
+async fn switching_to_credits_before_the_renewal_is_collected_credits_nothing() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let clock = app.customer_on_clock("early", now()).await;
+    app.subscribe_via_checkout("early", "premium").await;
+    let end: time::OffsetDateTime = sqlx::query_scalar(
+        "SELECT current_period_end FROM subscriptions WHERE customer_id = 'early'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    // The period renews: its invoice is a draft for an hour, not yet paid.
+    app.advance(&clock, end.unix_timestamp() + 60).await;
+    app.eventually(
+        "the new period",
+        &format!(
+            "SELECT current_period_start = to_timestamp({}) FROM subscriptions
+             WHERE customer_id = 'early'",
+            end.unix_timestamp()
+        ),
+    )
+    .await;
+    let r = app
+        .call_as(
+            "early",
+            Method::PATCH,
+            "/api/v1/billing/subscriptions",
+            Some(json!({"billing_model": "credit_burndown"})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["unused_fee_credited"],
+        Value::Null,
+        "a period not paid for is worth nothing: {body}"
+    );
+    let grants: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM billing_credits WHERE customer_id = 'early'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(grants, 0);
+}
