@@ -538,7 +538,7 @@ async fn webhooks(report: &mut Report, stack: &mut Stack, smoke: bool) -> anyhow
     const KEY: &str = "sk_test_bench";
     const SECRET: &str = "whsec_bench";
     let port = free_port();
-    let standin = tollgate_e2e::Process::spawn(
+    let mut standin = tollgate_e2e::Process::spawn(
         "stripe-standin",
         std::process::Command::new(binary("stripe-standin")?).args([
             "--listen",
@@ -549,6 +549,14 @@ async fn webhooks(report: &mut Report, stack: &mut Stack, smoke: bool) -> anyhow
         &stack.dir,
     )?;
     let base = format!("http://127.0.0.1:{port}");
+    // Listening before anything talks to it (sync-catalog below connects at once).
+    tollgate_e2e::wait_until_healthy(
+        &stack.http,
+        &format!("{base}/health"),
+        &mut standin,
+        Duration::from_secs(30),
+    )
+    .await?;
     let mut config = std::fs::read_to_string(&stack.config)?;
     config.push_str(&format!(
         "\n[stripe]\napi_base = \"{base}\"\nsecret_key = \"{KEY}\"\nwebhook_secrets = [\"{SECRET}\"]\n"
