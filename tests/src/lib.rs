@@ -411,7 +411,11 @@ impl Stack {
         stack.start_control_plane().await?;
         stack.proxy = Some(
             stack
-                .spawn_proxy(&stack.config.clone(), stack.ports.proxy_admin)
+                .spawn_proxy(
+                    &stack.config.clone(),
+                    stack.ports.proxy_admin,
+                    stack.ports.proxy,
+                )
                 .await?,
         );
         Ok(stack)
@@ -445,11 +449,19 @@ impl Stack {
     /// Starts (or restarts) the main proxy.
     pub async fn start_proxy(&mut self) -> anyhow::Result<()> {
         let config = self.config.clone();
-        self.proxy = Some(self.spawn_proxy(&config, self.ports.proxy_admin).await?);
+        self.proxy = Some(
+            self.spawn_proxy(&config, self.ports.proxy_admin, self.ports.proxy)
+                .await?,
+        );
         Ok(())
     }
 
-    async fn spawn_proxy(&self, config: &Path, admin_port: u16) -> anyhow::Result<Process> {
+    async fn spawn_proxy(
+        &self,
+        config: &Path,
+        admin_port: u16,
+        traffic_port: u16,
+    ) -> anyhow::Result<Process> {
         let name = format!("tollgate-proxy-{admin_port}");
         let mut proxy = Process::spawn(
             &name,
@@ -465,6 +477,17 @@ impl Stack {
             STARTUP,
         )
         .await?;
+        // Ready on the admin port does not mean the traffic listener is bound yet.
+        let deadline = Instant::now() + STARTUP;
+        while tokio::net::TcpStream::connect(("127.0.0.1", traffic_port))
+            .await
+            .is_err()
+        {
+            if !proxy.is_running() || Instant::now() > deadline {
+                bail!("{name} never listened on {traffic_port}:\n{}", proxy.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Ok(proxy)
     }
 
@@ -505,7 +528,9 @@ impl Stack {
         )?;
         let text = edit(std::fs::read_to_string(&config)?);
         std::fs::write(&config, text)?;
-        let process = self.spawn_proxy(&config, ports.proxy_admin).await?;
+        let process = self
+            .spawn_proxy(&config, ports.proxy_admin, ports.proxy)
+            .await?;
         Ok((process, ports.proxy))
     }
 
