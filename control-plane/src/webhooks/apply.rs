@@ -661,6 +661,12 @@ async fn grant_credits(
         },
     };
     let total = amount.to_cents();
+    // The same lock as a subscription's sync, taken first as the sync does (a pack and a
+    // subscription stored at the same time see each other, and never deadlock).
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('subscription-sync/' || $1, 0))")
+        .bind(customer)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query!(
         "INSERT INTO customers (customer_id, stripe_customer_id) VALUES ($1, $2)
          ON CONFLICT (customer_id) DO NOTHING",
@@ -669,12 +675,6 @@ async fn grant_credits(
     )
     .execute(&mut **tx)
     .await?;
-    // The same lock as a subscription's sync: a pack and a subscription stored at the
-    // same time see each other.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('subscription-sync/' || $1, 0))")
-        .bind(customer)
-        .execute(&mut **tx)
-        .await?;
     if !other_live_subscriptions(tx, customer, "").await?.is_empty() {
         return refund_pack_on_fixed_fee(state, tx, session, customer, amount, unit_price).await;
     }
