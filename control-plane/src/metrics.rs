@@ -283,10 +283,7 @@ impl Metrics {
         for outcome in ["failed", "recovered"] {
             self.payments.with_label_values(&[outcome]);
         }
-        for reason in [
-            crate::stripe::RefundReason::DuplicateSubscription,
-            crate::stripe::RefundReason::CreditsOnFixedFee,
-        ] {
+        for reason in crate::stripe::RefundReason::ALL {
             self.purchases_refunded
                 .with_label_values(&[reason.as_str()]);
         }

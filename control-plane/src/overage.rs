@@ -351,16 +351,18 @@ pub async fn bill_ended_subscription(
         {
             let start = period_start.unix_timestamp().to_string();
             let key = ["final_sweep", customer, start.as_str()];
-            let invoice = gateway
-                .open_standalone_invoice(
-                    stripe_customer,
-                    payment_method,
-                    Some(subscription),
-                    &format!("Final usage of the {} plan", plan.name()),
-                    HashMap::from([("tollgate_customer_id".to_owned(), customer.to_owned())]),
-                    &key,
-                )
-                .await?;
+            let metadata =
+                HashMap::from([("tollgate_customer_id".to_owned(), customer.to_owned())]);
+            let invoice = final_invoice(
+                gateway,
+                stripe_customer,
+                payment_method,
+                subscription,
+                plan,
+                metadata,
+                &key,
+            )
+            .await?;
             let status = gateway.finalize_and_pay(&invoice, &key).await?;
             tracing::info!(customer, invoice = %invoice, status = ?status,
                 "pending overage of an ended subscription invoiced");
@@ -369,17 +371,16 @@ pub async fn bill_ended_subscription(
     };
     let start = period_start.unix_timestamp().to_string();
     let key = ["final_overage", customer, start.as_str()];
-    let invoice = gateway
-        .open_standalone_invoice(
-            stripe_customer,
-            payment_method,
-            // Overage of earlier periods still waiting for a next invoice joins it.
-            Some(subscription),
-            &format!("Final usage of the {} plan", plan.name()),
-            metadata.clone(),
-            &key,
-        )
-        .await?;
+    let invoice = final_invoice(
+        gateway,
+        stripe_customer,
+        payment_method,
+        subscription,
+        plan,
+        metadata.clone(),
+        &key,
+    )
+    .await?;
     let item = gateway
         .add_invoice_item(
             stripe_customer,
@@ -417,6 +418,29 @@ pub async fn bill_ended_subscription(
         amount,
         invoice_item: item,
     }))
+}
+
+/// The ended subscription's final invoice (a draft of its own); overage of earlier
+/// periods still waiting for a next invoice that will not come joins it.
+async fn final_invoice(
+    gateway: &StripeGateway,
+    stripe_customer: &str,
+    payment_method: Option<&str>,
+    subscription: &str,
+    plan: &billing_model::Plan,
+    metadata: HashMap<String, String>,
+    key: &[&str],
+) -> Result<String, OverageError> {
+    Ok(gateway
+        .open_standalone_invoice(
+            stripe_customer,
+            payment_method,
+            Some(subscription),
+            &format!("Final usage of the {} plan", plan.name()),
+            metadata,
+            key,
+        )
+        .await?)
 }
 
 /// The plan in effect at the end of the period ending at `end`.

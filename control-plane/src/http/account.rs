@@ -151,8 +151,7 @@ pub async fn subscription_view(state: &AppState, customer: &CustomerId) -> Resul
         Some(r) => {
             let next_invoice = match (&r.stripe_subscription_id, &state.stripe) {
                 (Some(sub), Some(gateway))
-                    if !r.cancel_at_period_end
-                        && matches!(r.status.as_str(), "active" | "trialing" | "past_due") =>
+                    if !r.cancel_at_period_end && crate::stripe::is_live(&r.status) =>
                 {
                     match gateway.upcoming_invoice(sub).await {
                         Ok((cents, at)) => {

@@ -49,7 +49,7 @@ pub async fn refresh(state: &AppState) -> anyhow::Result<()> {
             .with_label_values(&[&r.plan_type, &r.billing_model, &r.status])
             .set(r.n);
         // MRR counts fixed fees that are being paid: active, trialing or within grace.
-        let paying = matches!(r.status.as_str(), "active" | "trialing" | "past_due");
+        let paying = crate::stripe::is_live(&r.status);
         if paying && r.billing_model == "fixed_fee" {
             let fee = PlanId::parse(&r.plan_type)
                 .ok()

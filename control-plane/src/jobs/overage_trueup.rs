@@ -160,9 +160,7 @@ async fn true_up(
     // A next invoice only comes for a subscription that lives on past its period.
     let live = latest
         .as_ref()
-        .filter(|(_, status, ending)| {
-            matches!(status.as_str(), "active" | "trialing" | "past_due") && !ending
-        })
+        .filter(|(_, status, ending)| crate::stripe::is_live(status) && !ending)
         .map(|(id, ..)| id.clone());
     let start = period.billing_period_start.unix_timestamp().to_string();
     let part_text = part.to_string();

@@ -110,7 +110,7 @@ pub const OPERATIONS: &[&str] = &[
     "default_payment_method",
     "create_subscription",
     "set_price_from_next_period",
-    "cancel_now_prorated",
+    "cancel_for_credits",
     "upcoming_invoice",
     "add_invoice_item",
     "create_invoice",
@@ -641,7 +641,7 @@ impl StripeGateway {
             .customize()
             .request_strategy(idempotency(&["cancel_for_credits", subscription]))
             .send(&self.client)
-            .timed(&self.api_seconds, "cancel_now_prorated")
+            .timed(&self.api_seconds, "cancel_for_credits")
             .await?;
         Ok(())
     }
@@ -802,16 +802,24 @@ impl StripeGateway {
         }
     }
 
+    /// A subscription as Stripe holds it now.
+    async fn retrieve_subscription(
+        &self,
+        subscription: &str,
+    ) -> Result<stripe_shared::Subscription, GatewayError> {
+        use stripe_billing::subscription::RetrieveSubscription;
+        Ok(RetrieveSubscription::new(subscription)
+            .send(&self.client)
+            .timed(&self.api_seconds, "retrieve_subscription")
+            .await?)
+    }
+
     /// A subscription's own payment method (set by Checkout), if any.
     pub async fn subscription_payment_method(
         &self,
         subscription: &str,
     ) -> Result<Option<String>, GatewayError> {
-        use stripe_billing::subscription::RetrieveSubscription;
-        let sub = RetrieveSubscription::new(subscription)
-            .send(&self.client)
-            .timed(&self.api_seconds, "retrieve_subscription")
-            .await?;
+        let sub = self.retrieve_subscription(subscription).await?;
         Ok(sub
             .default_payment_method
             .as_ref()
@@ -829,6 +837,12 @@ impl StripeGateway {
     }
 }
 
+/// Whether a Stripe subscription status gives the customer its plan (the statuses the
+/// SQL filters name as `status IN ('active', 'trialing', 'past_due')`).
+pub fn is_live(status: &str) -> bool {
+    matches!(status, "active" | "trialing" | "past_due")
+}
+
 /// Why tollgate gives a payment back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefundReason {
@@ -840,6 +854,11 @@ pub enum RefundReason {
 }
 
 impl RefundReason {
+    pub const ALL: [RefundReason; 2] = [
+        RefundReason::DuplicateSubscription,
+        RefundReason::CreditsOnFixedFee,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RefundReason::DuplicateSubscription => "duplicate_subscription",
@@ -935,25 +954,14 @@ impl StripeGateway {
 
     /// Whether a subscription is live in Stripe now (the stored row may be stale).
     pub async fn subscription_is_live(&self, subscription: &str) -> Result<bool, GatewayError> {
-        use stripe_billing::subscription::RetrieveSubscription;
-        let sub = RetrieveSubscription::new(subscription)
-            .send(&self.client)
-            .timed(&self.api_seconds, "retrieve_subscription")
-            .await?;
-        Ok(matches!(
-            sub.status.as_str(),
-            "active" | "trialing" | "past_due"
-        ))
+        let sub = self.retrieve_subscription(subscription).await?;
+        Ok(is_live(sub.status.as_str()))
     }
 
     /// Whether the subscription's latest invoice is paid: its current period was paid
     /// for (a renewal's draft, or a renewal whose payment failed, is not).
     pub async fn latest_invoice_paid(&self, subscription: &str) -> Result<bool, GatewayError> {
-        use stripe_billing::subscription::RetrieveSubscription;
-        let sub = RetrieveSubscription::new(subscription)
-            .send(&self.client)
-            .timed(&self.api_seconds, "retrieve_subscription")
-            .await?;
+        let sub = self.retrieve_subscription(subscription).await?;
         let Some(invoice) = sub
             .latest_invoice
             .as_ref()

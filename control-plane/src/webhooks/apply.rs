@@ -222,10 +222,6 @@ async fn apply(
     }
 }
 
-fn is_live(status: &str) -> bool {
-    matches!(status, "active" | "trialing" | "past_due")
-}
-
 /// The customer's stored live Stripe subscriptions other than `subscription_id`.
 async fn other_live_subscriptions(
     tx: &mut Transaction<'_, Postgres>,
@@ -326,7 +322,7 @@ async fn sync_subscription(
         .execute(&mut **tx)
         .await?;
     let mut duplicate = false;
-    if is_live(sub.status.as_str()) {
+    if crate::stripe::is_live(sub.status.as_str()) {
         // The stored rows say which came first; Stripe says whether it still lives (a
         // row left `active` by a lost event must not cost a new subscription its life).
         for other in other_live_subscriptions(tx, &customer, subscription_id).await? {
@@ -458,7 +454,7 @@ async fn sync_subscription(
             }
         }
     }
-    if is_live(&status) {
+    if crate::stripe::is_live(&status) {
         expire_credits_on_switch(tx, &customer, subscription_id).await?;
     }
     record_transition(

@@ -17,6 +17,14 @@ fn checkout_body(plan: &str, model: &str) -> Value {
         "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"})
 }
 
+/// A `count(*)`-like query's answer.
+async fn count(app: &TestApp, query: &'static str) -> i64 {
+    sqlx::query_scalar(query)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
 /// The charge that paid a payment intent, as Stripe holds it now.
 async fn charge_of(app: &TestApp, payment_intent: &str) -> Value {
     let pi = app
@@ -105,12 +113,11 @@ async fn two_checkouts_paid_side_by_side_leave_one_subscription_and_refund_the_o
         "active"
     );
     // Nothing of the duplicate is billed as usage.
-    let billed: i64 = sqlx::query_scalar(
+    let billed = count(
+        &app,
         "SELECT COALESCE(SUM(units), 0)::BIGINT FROM overage_charges WHERE customer_id = 'tabs'",
     )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(billed, 0);
 }
 
@@ -140,12 +147,11 @@ async fn a_credit_pack_paid_after_subscribing_is_refunded_and_the_plan_kept() {
     let charge = charge_of(&app, session["payment_intent"].as_str().unwrap()).await;
     assert!(charge["amount"].as_i64().unwrap() > 0);
     assert_eq!(charge["amount_refunded"], charge["amount"], "{charge}");
-    let live: i64 = sqlx::query_scalar(
+    let live = count(
+        &app,
         "SELECT count(*) FROM subscriptions WHERE customer_id = 'late-pack' AND status = 'active'",
     )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(live, 1, "still exactly the fixed-fee subscription");
 }
 
@@ -219,11 +225,11 @@ async fn switching_to_credits_turns_the_unused_fee_into_credits_not_a_stranded_b
         )
         .await;
     assert_eq!(again.status(), 422);
-    let grants: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM billing_credits WHERE customer_id = 'convert'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let grants = count(
+        &app,
+        "SELECT count(*) FROM billing_credits WHERE customer_id = 'convert'",
+    )
+    .await;
     assert_eq!(grants, 1);
 }
 
@@ -265,10 +271,10 @@ async fn switching_to_credits_before_the_renewal_is_collected_credits_nothing() 
         Value::Null,
         "a period not paid for is worth nothing: {body}"
     );
-    let grants: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM billing_credits WHERE customer_id = 'early'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let grants = count(
+        &app,
+        "SELECT count(*) FROM billing_credits WHERE customer_id = 'early'",
+    )
+    .await;
     assert_eq!(grants, 0);
 }

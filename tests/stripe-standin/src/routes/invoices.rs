@@ -141,15 +141,7 @@ async fn create(State(app): State<App>, req: StripeRequest) -> ApiResult<Json<Va
             ));
         }
         let now = store.now_for_customer(&customer);
-        let payment_method = match p.str("default_payment_method") {
-            Some(pm) => Some(super::payments::attach_payment_method(
-                store,
-                &customer,
-                pm,
-                "default_payment_method",
-            )?),
-            None => None,
-        };
+        let payment_method = super::payments::default_payment_method_param(store, &customer, p)?;
         let currency = p.str("currency").unwrap_or("usd").to_string();
         let subscription = p.str("subscription");
         let id = billing::create_draft(

@@ -22,6 +22,17 @@ pub fn router() -> Router<App> {
 /// Attaches a payment method to a customer and returns its id. Stripe's test tokens work:
 /// `pm_card_visa` (and any other `pm_card_*`) makes a new card; `pm_card_chargeDeclined`
 /// (or `pm_card_chargeCustomerFail`) also makes the customer's payments fail.
+/// The `default_payment_method` parameter, attached to `customer`, if given.
+pub(crate) fn default_payment_method_param(
+    store: &mut Store,
+    customer: &str,
+    p: &crate::form::Params,
+) -> ApiResult<Option<String>> {
+    p.str("default_payment_method")
+        .map(|pm| attach_payment_method(store, customer, pm, "default_payment_method"))
+        .transpose()
+}
+
 pub(crate) fn attach_payment_method(
     store: &mut Store,
     customer: &str,

@@ -84,15 +84,7 @@ async fn create(State(app): State<App>, req: StripeRequest) -> ApiResult<Json<Va
                 "customer", &customer, "customer",
             ));
         }
-        let pm = match p.str("default_payment_method") {
-            Some(pm) => Some(super::payments::attach_payment_method(
-                store,
-                &customer,
-                pm,
-                "default_payment_method",
-            )?),
-            None => None,
-        };
+        let pm = super::payments::default_payment_method_param(store, &customer, p)?;
         let now = store.now_for_customer(&customer);
         let id = billing::create_subscription(
             store,
