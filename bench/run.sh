@@ -3,6 +3,8 @@
 #
 #   bash bench/run.sh           # full run: release binaries, a few minutes; figures for the README
 #   bash bench/run.sh --smoke   # seconds: tiny loads, exactness and one drill (CI; debug binaries)
+#   bash bench/run.sh --journeys [N]  # the model-based billing test with N journeys
+#                                     # (default 10,000; CI runs 200): bench/results/journeys.md
 #
 # Installs wrk and nginx (Debian packages) if missing, starts its own Redis and PostgreSQL
 # cluster on free loopback ports, and writes bench/results/latest.{json,md}. Only loopback
@@ -17,7 +19,26 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The nginx package may start a server on :80; the benchmark runs its own.
 systemctl stop nginx >/dev/null 2>&1 || service nginx stop >/dev/null 2>&1 || true
-if [ "${1:-}" = "--smoke" ]; then
+if [ "${1:-}" = "--journeys" ]; then
+  count="${2:-10000}"
+  mkdir -p bench/results
+  log=bench/results/journeys.log
+  started=$(date +%s)
+  JOURNEYS="$count" cargo test -p tollgate-control-plane --test api --locked \
+    journeys::random_journeys -- --nocapture 2>&1 | tee "$log"
+  status=${PIPESTATUS[0]}
+  {
+    echo "# Model-based billing journeys"
+    echo
+    echo "\`bash bench/run.sh --journeys $count\` on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(( $(date +%s) - started )) s (build included)."
+    echo
+    grep -E '^journeys: ' "$log" | sed 's/^/    /'
+    echo
+    [ "$status" -eq 0 ] && echo "Every journey agreed with the reference model." || echo "**Some journeys disagreed** (see journeys.log)."
+  } > bench/results/journeys.md
+  cat bench/results/journeys.md
+  exit "$status"
+elif [ "${1:-}" = "--smoke" ]; then
   cargo build --workspace --bins --locked
   TOLLGATE_BIN_DIR=target/debug target/debug/tollgate-bench --smoke --out "${TOLLGATE_BENCH_OUT:-target/bench-smoke}"
 else

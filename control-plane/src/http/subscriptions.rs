@@ -5,7 +5,7 @@
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, AuthenticatedCustomer, ClientKey};
-use crate::stripe::{ProrationPreview, StripeGateway, lookup_key};
+use crate::stripe::{ProrationPreview, StripeGateway, SubscriptionItem, lookup_key};
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -446,11 +446,12 @@ async fn switch_model(
 async fn end_for_credits(state: &AppState, current: &Current) -> Result<Option<Money>, ApiError> {
     let gateway = gateway(state)?;
     let sub = current.stripe_subscription_id.as_str();
-    let (_, start, end, _) = gateway.subscription_item(sub).await?;
+    let item = gateway.subscription_item(sub).await?;
+    let (start, end) = (item.period_start, item.period_end);
     // Paid for means the latest invoice is paid: not past due, and not the hour after a
     // renewal whose draft is not collected yet (cancelling stops its collection).
     let paid_for = gateway.latest_invoice_paid(sub).await?;
-    let at = OffsetDateTime::now_utc().unix_timestamp().clamp(start, end);
+    let at = item.change_instant();
     gateway.cancel_now_invoicing_pending(sub).await?;
     resync(state, sub).await?;
     if !paid_for {
@@ -532,19 +533,27 @@ async fn change_plan(
     // `plan_type` is the plan the customer has now (during a pending downgrade, the one
     // they paid for this period).
     let paid = plan(state, "plan", &current.plan_type)?;
-    let (item, start, end, _) = gateway.subscription_item(sub).await?;
+    let mut item = gateway.subscription_item(sub).await?;
     if current.pending_plan_type.is_some() {
         // Undo the pending downgrade first: Stripe's price goes back to the paid plan.
         let paid_price = gateway
             .price(&lookup_key(paid.id().as_str(), "monthly"))
             .await?;
         gateway
-            .set_price_from_next_period(sub, &item, &paid_price.id, None, current.stripe_state_at)
+            .set_price_from_next_period(
+                sub,
+                &item.id,
+                &paid_price.id,
+                None,
+                current.stripe_state_at,
+            )
             .await?;
         if target.id() == paid.id() {
             resync(state, sub).await?;
             return Ok(json!({ "change": "downgrade_undone" }));
         }
+        // The item's price is the paid plan's again.
+        item = gateway.subscription_item(sub).await?;
     } else if target.id() == paid.id() {
         return Err(invalid("plan", format!("already on {}", paid.id())));
     }
@@ -552,11 +561,11 @@ async fn change_plan(
         .price(&lookup_key(target.id().as_str(), "monthly"))
         .await?;
     if target.monthly_fee().as_decimal() < paid.monthly_fee().as_decimal() {
-        let effective = end;
+        let effective = item.period_end;
         gateway
             .set_price_from_next_period(
                 sub,
-                &item,
+                &item.id,
                 &price.id,
                 Some((paid.id().as_str(), effective)),
                 current.stripe_state_at,
@@ -569,7 +578,7 @@ async fn change_plan(
                 .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
         }));
     }
-    let proration = upgrade_now(&gateway, sub, &item, start, end, &price).await?;
+    let proration = upgrade_now(&gateway, sub, &item, &price).await?;
     resync(state, sub).await?;
     Ok(json!({ "change": "upgrade", "proration": proration }))
 }
@@ -577,17 +586,16 @@ async fn change_plan(
 async fn upgrade_now(
     gateway: &StripeGateway,
     sub: &str,
-    item: &str,
-    start: i64,
-    end: i64,
+    item: &SubscriptionItem,
     price: &crate::stripe::PriceRef,
 ) -> Result<Value, ApiError> {
-    let (_, _, _, old_cents) = gateway.subscription_item(sub).await?;
+    let (start, end) = (item.period_start, item.period_end);
+    let old_cents = item.unit_amount_cents;
     // One instant for the preview, the change and our own arithmetic, so all three
     // agree to the cent.
-    let at = OffsetDateTime::now_utc().unix_timestamp().clamp(start, end);
+    let at = item.change_instant();
     let preview: ProrationPreview = gateway
-        .preview_price_change(sub, item, &price.id, at)
+        .preview_price_change(sub, &item.id, &price.id, at)
         .await?;
     let ours = BillingPeriod::from_bounds(
         OffsetDateTime::from_unix_timestamp(start).map_err(|e| anyhow::anyhow!(e))?,
@@ -611,7 +619,9 @@ async fn upgrade_now(
             "proration differs from Stripe's preview; Stripe's figure is charged"
         );
     }
-    let invoice = gateway.change_price_now(sub, item, &price.id, at).await?;
+    let invoice = gateway
+        .change_price_now(sub, &item.id, &price.id, at)
+        .await?;
     Ok(json!({
         "unused_old": Money::from_cents(preview.unused_old_cents),
         "remaining_new": Money::from_cents(preview.remaining_new_cents),

@@ -476,13 +476,14 @@ impl StripeGateway {
         Ok(())
     }
 
-    /// The subscription's first item id and its period.
+    /// The subscription's first item, its period, and the subscription's own time.
     pub async fn subscription_item(
         &self,
         subscription: &str,
-    ) -> Result<(String, i64, i64, i64), GatewayError> {
+    ) -> Result<SubscriptionItem, GatewayError> {
         use stripe_billing::subscription::RetrieveSubscription;
         let sub = RetrieveSubscription::new(subscription)
+            .expand(["test_clock".to_owned()])
             .send(&self.client)
             .timed(&self.api_seconds, "subscription_item")
             .await?;
@@ -491,12 +492,42 @@ impl StripeGateway {
             .data
             .first()
             .ok_or(GatewayError::Incomplete("subscription items"))?;
-        Ok((
-            item.id.as_str().to_owned(),
-            item.current_period_start,
-            item.current_period_end,
-            item.price.unit_amount.unwrap_or(0),
-        ))
+        // A subscription on a test clock lives at the clock's time (Stripe prorates and
+        // renews it there), so a change made "now" is made at that time; everywhere else
+        // Stripe's time is the wall clock.
+        let now = match &sub.test_clock {
+            Some(stripe_types::Expandable::Object(clock)) => clock.frozen_time,
+            Some(stripe_types::Expandable::Id(_)) => {
+                return Err(GatewayError::Incomplete("expanded test clock"));
+            }
+            None => time::OffsetDateTime::now_utc().unix_timestamp(),
+        };
+        Ok(SubscriptionItem {
+            id: item.id.as_str().to_owned(),
+            period_start: item.current_period_start,
+            period_end: item.current_period_end,
+            unit_amount_cents: item.price.unit_amount.unwrap_or(0),
+            now,
+        })
+    }
+}
+
+/// A subscription's (first) item as a price change needs it.
+#[derive(Debug, Clone)]
+pub struct SubscriptionItem {
+    pub id: String,
+    pub period_start: i64,
+    pub period_end: i64,
+    /// The item's price now, in cents.
+    pub unit_amount_cents: i64,
+    /// The subscription's time (its test clock's, else the wall clock), unix seconds.
+    pub now: i64,
+}
+
+impl SubscriptionItem {
+    /// The instant a change made now takes effect at, within the current period.
+    pub fn change_instant(&self) -> i64 {
+        self.now.clamp(self.period_start, self.period_end)
     }
 }
 

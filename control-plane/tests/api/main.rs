@@ -9,6 +9,7 @@ mod health;
 mod helpers;
 mod intents;
 mod internal;
+mod journeys;
 mod lifecycle;
 mod notifications;
 mod period_endings;
