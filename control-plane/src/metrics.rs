@@ -263,7 +263,7 @@ impl Metrics {
         for direction in ["redis_behind", "redis_ahead"] {
             self.counter_drift_units.with_label_values(&[direction]);
         }
-        for kind in crate::jobs::stripe_sync::HANDLED_TYPES {
+        for kind in crate::webhooks::event::HANDLED {
             for outcome in ["received", "duplicate", "applied", "ignored"] {
                 self.webhook_events.with_label_values(&[kind, outcome, ""]);
             }

@@ -19,12 +19,11 @@
 //! plan's included units and rate to the whole period's usage, as the proxy enforced
 //! it; a downgrade waiting for the period end still bills the plan paid for).
 
-use crate::stripe::{GatewayError, ItemTarget, StripeGateway, Timed};
+use crate::stripe::{GatewayError, ItemTarget, StripeGateway};
 use billing_model::{Catalog, Money, PlanId, overage_amount, overage_units};
 use serde_json::Value;
 use sqlx::{Postgres, Transaction};
 use std::collections::HashMap;
-use stripe_billing::subscription::RetrieveSubscription;
 use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -450,10 +449,7 @@ async fn period_plan<'c>(
     subscription: &str,
     end: i64,
 ) -> Result<Option<&'c billing_model::Plan>, OverageError> {
-    let sub = RetrieveSubscription::new(subscription)
-        .send(gateway.client())
-        .timed(&gateway.api_seconds, "retrieve_subscription")
-        .await?;
+    let sub = gateway.retrieve_subscription(subscription).await?;
     let downgraded_from = crate::stripe::downgraded_from(&sub.metadata, end);
     let current = sub.items.data.first().and_then(|item| {
         item.price

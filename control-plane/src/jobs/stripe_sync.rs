@@ -9,22 +9,7 @@
 //! `tollgate_cp_stripe_reconcile_repairs_total`.
 
 use crate::http::AppState;
-use crate::stripe::Timed;
 use serde_json::{Value, json};
-use stripe_core::event::ListEvent;
-
-/// Event types the inbox worker applies.
-pub const HANDLED_TYPES: &[&str] = &[
-    "checkout.session.completed",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "invoice.created",
-    "invoice.paid",
-    "invoice.payment_failed",
-    "invoice.payment_action_required",
-    "charge.refunded",
-];
 
 const CURSOR: &str = "stripe_events";
 /// How far back the first run looks, and how much each run overlaps the previous one.
@@ -47,21 +32,8 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<u64> {
     let mut newest = since;
     let mut after: Option<String> = None;
     loop {
-        let mut request = ListEvent::new()
-            .created(stripe_types::RangeQueryTs::gte(since))
-            .types(
-                HANDLED_TYPES
-                    .iter()
-                    .map(|t| (*t).to_owned())
-                    .collect::<Vec<_>>(),
-            )
-            .limit(100);
-        if let Some(a) = &after {
-            request = request.starting_after(a.as_str());
-        }
-        let page = request
-            .send(gateway.client())
-            .timed(&gateway.api_seconds, "list_events")
+        let page = gateway
+            .list_events(since, crate::webhooks::event::HANDLED, after.as_deref())
             .await?;
         for event in &page.data {
             newest = newest.max(event.created);

@@ -179,10 +179,6 @@ impl StripeGateway {
         })
     }
 
-    pub fn client(&self) -> &stripe::Client {
-        &self.client
-    }
-
     /// The active price with `key`.
     pub async fn price(&self, key: &str) -> Result<PriceRef, GatewayError> {
         if let Some(p) = self.prices.read().await.get(key) {
@@ -834,7 +830,8 @@ impl StripeGateway {
     }
 
     /// A subscription as Stripe holds it now.
-    async fn retrieve_subscription(
+    /// A subscription as Stripe holds it now.
+    pub async fn retrieve_subscription(
         &self,
         subscription: &str,
     ) -> Result<stripe_shared::Subscription, GatewayError> {
@@ -842,6 +839,40 @@ impl StripeGateway {
         Ok(RetrieveSubscription::new(subscription)
             .send(&self.client)
             .timed(&self.api_seconds, "retrieve_subscription")
+            .await?)
+    }
+
+    /// An invoice as Stripe holds it now.
+    pub async fn retrieve_invoice(
+        &self,
+        invoice: &str,
+    ) -> Result<stripe_shared::Invoice, GatewayError> {
+        use stripe_billing::invoice::RetrieveInvoice;
+        Ok(RetrieveInvoice::new(invoice)
+            .send(&self.client)
+            .timed(&self.api_seconds, "retrieve_invoice")
+            .await?)
+    }
+
+    /// One page (up to 100, newest first) of the events of `types` created since `since`,
+    /// after the event `after`.
+    pub async fn list_events(
+        &self,
+        since: i64,
+        types: &[&str],
+        after: Option<&str>,
+    ) -> Result<stripe_types::List<stripe_shared::Event>, GatewayError> {
+        use stripe_core::event::ListEvent;
+        let mut request = ListEvent::new()
+            .created(stripe_types::RangeQueryTs::gte(since))
+            .types(types.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>())
+            .limit(100);
+        if let Some(a) = after {
+            request = request.starting_after(a);
+        }
+        Ok(request
+            .send(&self.client)
+            .timed(&self.api_seconds, "list_events")
             .await?)
     }
 

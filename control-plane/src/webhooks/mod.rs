@@ -4,9 +4,15 @@
 //! nothing and an event is applied at most once.
 
 mod apply;
+mod credits;
+mod dunning;
+pub mod event;
 pub mod signature;
+mod subscription_sync;
+mod worker;
 
-pub use apply::{apply_next, run_worker, sync_subscription_now};
+pub use subscription_sync::sync_subscription_now;
+pub use worker::{apply_next, run_worker};
 
 use crate::http::AppState;
 use crate::http::error::ApiError;

@@ -1,0 +1,373 @@
+//! Storing a subscription as Stripe holds it now: re-fetched on every hint (webhook,
+//! reconciliation, a change made through the billing API), one live subscription per
+//! customer (a duplicate is ended and refunded), the final overage of one that ended, the
+//! credits a switch to fixed fee expires, and the transition's metrics and notifications.
+
+use super::apply::ApplyError;
+use crate::http::AppState;
+use crate::stripe::GatewayError;
+use billing_model::{CustomerId, PlanId};
+use sqlx::{Postgres, Transaction};
+use time::OffsetDateTime;
+
+/// Re-fetches a subscription from Stripe and stores its state now (after a change made
+/// through the billing API, without waiting for the webhook); returns its customer.
+pub async fn sync_subscription_now(
+    state: &AppState,
+    subscription_id: &str,
+) -> anyhow::Result<Option<CustomerId>> {
+    let mut tx = state.pool.begin().await?;
+    let customer = sync_subscription(state, &mut tx, subscription_id)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    tx.commit().await?;
+    Ok(customer)
+}
+
+/// Stores Stripe's current state of a subscription (fetched now, not taken from the
+/// event, so an old event can never overwrite a newer state).
+pub(super) async fn sync_subscription(
+    state: &AppState,
+    tx: &mut Transaction<'_, Postgres>,
+    subscription_id: &str,
+) -> Result<Option<CustomerId>, ApplyError> {
+    let gateway = state
+        .stripe
+        .as_ref()
+        .ok_or(GatewayError::Incomplete("stripe settings"))?;
+    // When this view of Stripe was taken (ms): two concurrent syncs (a webhook and an API
+    // call) may finish in either order; the store keeps the one that fetched last.
+    let fetched_at = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let sub = gateway.retrieve_subscription(subscription_id).await?;
+    let stripe_customer = sub.customer.id().as_str().to_owned();
+    let Some(item) = sub.items.data.first() else {
+        return Ok(None);
+    };
+    let plan = item
+        .price
+        .lookup_key
+        .as_deref()
+        .and_then(crate::stripe::monthly_plan_of)
+        .or_else(|| item.price.metadata.get("tollgate_plan").map(String::as_str))
+        .and_then(|p| PlanId::parse(p).ok());
+    let Some(plan) = plan else {
+        tracing::warn!(
+            subscription = subscription_id,
+            "subscription price is not a tollgate plan; ignored"
+        );
+        return Ok(None);
+    };
+    let customer = match sqlx::query_scalar!(
+        "SELECT customer_id FROM customers WHERE stripe_customer_id = $1",
+        stripe_customer
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    {
+        Some(c) => c,
+        None => match sub.metadata.get("tollgate_customer_id") {
+            Some(c) => c.clone(),
+            None => return Ok(None),
+        },
+    };
+    let Ok(customer_id) = CustomerId::parse(&customer) else {
+        return Ok(None);
+    };
+    // One live subscription per customer. Two Checkout Sessions opened side by side and
+    // both paid give Stripe two subscriptions: the one stored first stays, the other ends
+    // now and its payment goes back. The customer's lock makes concurrent syncs of the two
+    // see each other.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('subscription-sync/' || $1, 0))")
+        .bind(&customer)
+        .execute(&mut **tx)
+        .await?;
+    let mut duplicate = false;
+    if crate::stripe::is_live(sub.status.as_str()) {
+        // The stored rows say which came first; Stripe says whether it still lives (a
+        // row left `active` by a lost event must not cost a new subscription its life).
+        for other in other_live_subscriptions(tx, &customer, subscription_id).await? {
+            if gateway.subscription_is_live(&other).await? {
+                duplicate = true;
+                break;
+            }
+        }
+    }
+    let ended;
+    let sub = if duplicate {
+        let latest = sub
+            .latest_invoice
+            .as_ref()
+            .and_then(|i| i.id().as_ref().map(|id| id.as_str().to_owned()));
+        tracing::warn!(customer = %customer, subscription = subscription_id,
+            "a second live subscription: cancelled and its payment refunded");
+        ended = gateway
+            .end_duplicate_subscription(subscription_id, latest.as_deref())
+            .await?;
+        state
+            .metrics
+            .purchases_refunded
+            .with_label_values(&[crate::stripe::RefundReason::DuplicateSubscription.as_str()])
+            .inc();
+        &ended
+    } else {
+        &sub
+    };
+    // A downgrade waits for the period end: Stripe bills the lower price from the next
+    // renewal, access stays on the plan it came from until then.
+    let downgrade = crate::stripe::downgraded_from(&sub.metadata, item.current_period_end)
+        .and_then(|p| PlanId::parse(p).ok());
+    let (plan, pending) = match downgrade {
+        Some(from) => (from, Some(plan)),
+        None => (plan, None),
+    };
+    let period_start = OffsetDateTime::from_unix_timestamp(item.current_period_start).ok();
+    let period_end = OffsetDateTime::from_unix_timestamp(item.current_period_end).ok();
+    let status = sub.status.as_str().to_owned();
+    let before = sqlx::query_as!(
+        Before,
+        "SELECT plan_type, status FROM subscriptions WHERE stripe_subscription_id = $1",
+        subscription_id
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO customers (customer_id, stripe_customer_id) VALUES ($1, $2)
+         ON CONFLICT (customer_id) DO UPDATE
+         SET stripe_customer_id = COALESCE(customers.stripe_customer_id, EXCLUDED.stripe_customer_id)",
+        customer,
+        stripe_customer
+    )
+    .execute(&mut **tx)
+    .await?;
+    let stored = sqlx::query_scalar!(
+        r#"INSERT INTO subscriptions (customer_id, stripe_subscription_id, stripe_customer_id,
+             plan_type, billing_model, status, current_period_start, current_period_end,
+             cancel_at_period_end, stripe_state_at, pending_plan_type)
+         VALUES ($1, $2, $3, $4, 'fixed_fee', $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (stripe_subscription_id) DO UPDATE SET
+             plan_type = EXCLUDED.plan_type,
+             pending_plan_type = EXCLUDED.pending_plan_type,
+             status = EXCLUDED.status,
+             current_period_start = EXCLUDED.current_period_start,
+             current_period_end = EXCLUDED.current_period_end,
+             cancel_at_period_end = EXCLUDED.cancel_at_period_end,
+             stripe_state_at = EXCLUDED.stripe_state_at,
+             updated_at = now()
+         WHERE subscriptions.stripe_state_at <= EXCLUDED.stripe_state_at
+         RETURNING (xmax = 0) AS "inserted!""#,
+        customer,
+        subscription_id,
+        stripe_customer,
+        plan.as_str(),
+        status,
+        period_start,
+        period_end,
+        sub.cancel_at_period_end,
+        fetched_at,
+        pending.as_ref().map(PlanId::as_str)
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    // Whether this sync created the row (a concurrent sync that lost the race updates).
+    let created = stored == Some(true);
+    // The subscription ended (cancelled now or at its period end, a switch to credits
+    // or Free, Stripe ending it after failed payments): no renewal draft will carry the
+    // last period's overage, so it is invoiced now (once per period, see `overage`).
+    // (A duplicate was never the customer's subscription: nothing of it was used.)
+    let ended_now = !duplicate
+        && status == "canceled"
+        && stored.is_some()
+        && before.as_ref().is_none_or(|b| b.status != "canceled");
+    if ended_now
+        && let (Some(start), Some(end)) = (period_start, period_end)
+        && let Some(paid_plan) = state.catalog.get(&plan)
+    {
+        let payment_method = sub
+            .default_payment_method
+            .as_ref()
+            .map(|pm| pm.id().as_str().to_owned());
+        match crate::overage::bill_ended_subscription(
+            tx,
+            gateway,
+            paid_plan,
+            &customer,
+            &stripe_customer,
+            subscription_id,
+            start,
+            end,
+            payment_method.as_deref(),
+        )
+        .await
+        {
+            Ok(Some(charge)) => {
+                state
+                    .metrics
+                    .overage_billed_cents
+                    .inc_by(u64::try_from(charge.amount.to_cents()).unwrap_or(0));
+                state.metrics.overage_units_billed.inc_by(charge.units);
+            }
+            Ok(None) => {}
+            Err(crate::overage::OverageError::Database(e)) => return Err(e.into()),
+            Err(crate::overage::OverageError::Stripe(e)) => return Err(e.into()),
+            Err(e @ crate::overage::OverageError::Overflow) => {
+                tracing::error!(error = %e, "final overage not billed");
+            }
+        }
+    }
+    if crate::stripe::is_live(&status) {
+        expire_credits_on_switch(tx, &customer, subscription_id).await?;
+    }
+    record_transition(
+        state,
+        tx,
+        &customer,
+        before.as_ref(),
+        created,
+        plan.as_str(),
+        &status,
+    )
+    .await?;
+    if let Some(before) = before {
+        use crate::notifications::{Kind, enqueue};
+        if before.plan_type != plan.as_str() {
+            enqueue(
+                &mut **tx,
+                &customer,
+                Kind::PlanChanged,
+                &format!("plan_changed/{subscription_id}/{fetched_at}"),
+                serde_json::json!({ "from": before.plan_type, "to": plan.as_str() }),
+            )
+            .await?;
+        }
+        if before.status == "past_due" && matches!(status.as_str(), "unpaid" | "canceled") {
+            enqueue(
+                &mut **tx,
+                &customer,
+                Kind::FellBackToFree,
+                &format!("fallback/{subscription_id}"),
+                serde_json::json!({ "reason": status, "subscription": subscription_id }),
+            )
+            .await?;
+        }
+    }
+    Ok(Some(customer_id))
+}
+
+/// The customer's stored live Stripe subscriptions other than `subscription_id`.
+pub(super) async fn other_live_subscriptions(
+    tx: &mut Transaction<'_, Postgres>,
+    customer: &str,
+    subscription_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT stripe_subscription_id FROM subscriptions
+         WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
+           AND stripe_subscription_id <> $2
+           AND status IN ('active', 'trialing', 'past_due')",
+    )
+    .bind(customer)
+    .bind(subscription_id)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Prepaid credits end when the customer moves to fixed fee: grants bought before the
+/// subscription began are closed with the reason kept (grants bought later, after a
+/// switch back to credits, are not this subscription's business).
+async fn expire_credits_on_switch(
+    tx: &mut Transaction<'_, Postgres>,
+    customer: &str,
+    subscription_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE billing_credits SET closed_at = now(), closed_reason = 'billing_model_switch',
+             updated_at = now()
+         WHERE customer_id = $1 AND closed_at IS NULL
+           AND created_at < (SELECT created_at FROM subscriptions WHERE stripe_subscription_id = $2)",
+        customer,
+        subscription_id
+    )
+    .execute(&mut **tx)
+    .await?;
+    // The credit-model row stops being the customer's plan.
+    sqlx::query!(
+        "UPDATE subscriptions SET status = 'canceled', updated_at = now()
+         WHERE customer_id = $1 AND stripe_subscription_id IS NULL AND status <> 'canceled'
+           AND created_at < (SELECT created_at FROM subscriptions WHERE stripe_subscription_id = $2)",
+        customer,
+        subscription_id
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn subscription_customer(
+    tx: &mut Transaction<'_, Postgres>,
+    subscription_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT customer_id FROM subscriptions WHERE stripe_subscription_id = $1",
+        subscription_id
+    )
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Churn, upgrades/downgrades and conversions, counted on the transition a sync stores.
+async fn record_transition(
+    state: &AppState,
+    tx: &mut Transaction<'_, Postgres>,
+    customer: &str,
+    before: Option<&Before>,
+    created: bool,
+    plan: &str,
+    status: &str,
+) -> Result<(), sqlx::Error> {
+    let m = &state.metrics;
+    match before {
+        Some(b) => {
+            if b.status != "canceled" && status == "canceled" {
+                m.subscription_cancellations
+                    .with_label_values(&[b.plan_type.as_str()])
+                    .inc();
+            }
+            if b.plan_type != plan {
+                let fee = |p: &str| {
+                    PlanId::parse(p)
+                        .ok()
+                        .and_then(|id| state.catalog.get(&id))
+                        .map(|p| p.monthly_fee().to_cents())
+                        .unwrap_or(0)
+                };
+                let direction = if fee(plan) > fee(&b.plan_type) {
+                    "upgrade"
+                } else {
+                    "downgrade"
+                };
+                m.plan_changes.with_label_values(&[direction]).inc();
+            }
+        }
+        None if created && matches!(status, "active" | "trialing") => {
+            let paid_before = sqlx::query_scalar!(
+                r#"SELECT COUNT(*) AS "n!" FROM subscriptions
+                   WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL"#,
+                customer
+            )
+            .fetch_one(&mut **tx)
+            .await?;
+            // The row just stored is the only paid one: the customer's first.
+            if paid_before <= 1 {
+                m.free_to_paid_conversions.inc();
+            }
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// The stored plan and status before a sync.
+struct Before {
+    plan_type: String,
+    status: String,
+}
