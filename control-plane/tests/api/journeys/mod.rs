@@ -171,6 +171,10 @@ struct Journey<'a> {
     log: Arc<Mutex<Vec<String>>>,
     /// Packs bought: (grant index in the model, payment intent).
     packs: Vec<(usize, String)>,
+    /// Every pack's payment intent and what of it the journey refunded, in cents.
+    pack_refunds: Vec<(String, i64)>,
+    /// Subscriptions seen so far (each subscribe must create a new one).
+    subscriptions: Vec<String>,
     /// Stripe holds a card from an earlier subscription (direct subscribe possible).
     has_card: bool,
     stats: Stats,
@@ -223,6 +227,8 @@ impl<'a> Journey<'a> {
             rng: StdRng::seed_from_u64(seed),
             log,
             packs: Vec::new(),
+            pack_refunds: Vec::new(),
+            subscriptions: Vec::new(),
             has_card: false,
             stats: Stats::default(),
         };
@@ -529,11 +535,18 @@ impl<'a> Journey<'a> {
                 .await
             };
             Self::ok(r, "subscribe with the saved card").await;
+            let known = self
+                .subscriptions
+                .iter()
+                .map(|s| format!("'{s}'"))
+                .chain(["''".to_owned()])
+                .collect::<Vec<_>>()
+                .join(",");
             self.until(
                 "the direct subscription",
                 format!(
                     "SELECT bool_or(status = 'active') FROM subscriptions
-                     WHERE customer_id = '{}' AND stripe_subscription_id IS NOT NULL",
+                     WHERE customer_id = '{}' AND stripe_subscription_id NOT IN ({known})",
                     self.customer
                 ),
             )
@@ -566,6 +579,11 @@ impl<'a> Journey<'a> {
             .await;
             sub
         };
+        assert!(
+            !self.subscriptions.contains(&subscription),
+            "a subscribe made a new subscription, not {subscription} again"
+        );
+        self.subscriptions.push(subscription.clone());
         // Credits held before end with the switch (closed once the subscription is stored).
         self.until(
             "credits to expire",
@@ -723,7 +741,15 @@ impl<'a> Journey<'a> {
             .unwrap()
             .to_owned();
         let index = self.model.buy_pack(units);
-        self.packs.push((index, intent));
+        let price = *self.model.pack_payments.last().unwrap();
+        let paid = self
+            .app
+            .stripe_get(&format!("/v1/payment_intents/{intent}"))
+            .await;
+        assert_eq!(paid["status"], "succeeded", "{paid}");
+        assert_eq!(paid["amount"], price, "the pack's price: {paid}");
+        self.packs.push((index, intent.clone()));
+        self.pack_refunds.push((intent, 0));
     }
 
     async fn grants(&self) -> i64 {
@@ -764,6 +790,9 @@ impl<'a> Journey<'a> {
             )
             .await;
         self.model.refund(index, amount);
+        if let Some(r) = self.pack_refunds.iter_mut().find(|(i, _)| *i == intent) {
+            r.1 += amount;
+        }
         self.stats.refunds += 1;
     }
 
@@ -811,6 +840,44 @@ impl<'a> Journey<'a> {
                 if usage["used"].as_i64() != Some(f.used) {
                     wrong.push(format!("used {} (model {})", usage["used"], f.used));
                 }
+                // What the customer is shown: the period, a cancellation or downgrade
+                // waiting for its end, and the next invoice (Stripe's preview plus the
+                // overage so far) as the pricing rules compute it.
+                let view = self
+                    .app
+                    .get_as(&self.customer, "/api/v1/billing/subscriptions")
+                    .await;
+                if view["current_period_start"] != rfc(f.start)
+                    || view["current_period_end"] != rfc(f.end)
+                {
+                    wrong.push(format!(
+                        "period {}..{} (model {}..{})",
+                        view["current_period_start"],
+                        view["current_period_end"],
+                        rfc(f.start),
+                        rfc(f.end)
+                    ));
+                }
+                if view["cancel_at_period_end"] != f.cancel_at_end {
+                    wrong.push(format!(
+                        "cancel_at_period_end {}",
+                        view["cancel_at_period_end"]
+                    ));
+                }
+                if view["pending_plan"] != json!(f.pending.map(Tier::id)) {
+                    wrong.push(format!("pending plan {}", view["pending_plan"]));
+                }
+                let next = &view["next_invoice"]["estimated_total"];
+                if !f.cancel_at_end {
+                    let expected =
+                        f.pending.unwrap_or(f.paid).fee() + model::overage(f.paid, f.used);
+                    if !next.is_string() || cents(next) != expected {
+                        wrong.push(format!(
+                            "next invoice {next} (model {expected} cents): {}",
+                            view["next_invoice"]
+                        ));
+                    }
+                }
             }
             if wrong.is_empty() {
                 return;
@@ -825,45 +892,83 @@ impl<'a> Journey<'a> {
     }
 
     /// Every invoice Stripe issued the customer that charges something is one the model
-    /// expects, to the cent, and is paid (final invoices are opened by webhooks, so this
-    /// waits for them).
+    /// expects, to the cent; every invoice is paid in full and none of it refunded; each
+    /// pack was refunded exactly what the journey refunded (final invoices and refunds
+    /// follow webhooks, so this waits, then looks once more after a pause so that a late
+    /// duplicate is seen too).
     async fn check_invoices(&mut self) {
         let mut expected = self.model.invoices.clone();
         expected.sort_unstable();
         let deadline = Instant::now() + WAIT;
+        let mut settled = false;
         loop {
             let list = self
                 .app
                 .stripe_get(&format!(
-                    "/v1/invoices?customer={}&limit=100",
+                    "/v1/invoices?customer={}&limit=100&expand[]=data.payments",
                     self.stripe_customer
                 ))
                 .await;
-            let invoices: Vec<&Value> = list["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|i| i["total"].as_i64() != Some(0))
-                .collect();
+            let invoices = list["data"].as_array().unwrap().clone();
             let mut totals: Vec<i64> = invoices
                 .iter()
                 .map(|i| i["total"].as_i64().unwrap())
+                .filter(|t| *t != 0)
                 .collect();
             totals.sort_unstable();
-            let unpaid: Vec<&&Value> = invoices.iter().filter(|i| i["status"] != "paid").collect();
+            let unpaid: Vec<String> = invoices
+                .iter()
+                .filter(|i| i["status"] != "paid" || i["amount_paid"] != i["total"])
+                .map(|i| {
+                    format!(
+                        "{} {} {} paid {} of {}",
+                        i["id"], i["billing_reason"], i["status"], i["amount_paid"], i["total"]
+                    )
+                })
+                .collect();
             if totals == expected && unpaid.is_empty() {
-                self.stats.invoices += totals.len() as u64;
-                return;
+                if settled {
+                    self.stats.invoices += totals.len() as u64;
+                    self.check_refunds(&invoices).await;
+                    return;
+                }
+                settled = true;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
             }
             assert!(
                 Instant::now() < deadline,
-                "invoices {totals:?}, the model expects {expected:?}; unpaid: {:?}",
-                unpaid
-                    .iter()
-                    .map(|i| format!("{} {} {}", i["id"], i["billing_reason"], i["status"]))
-                    .collect::<Vec<_>>()
+                "invoices {totals:?}, the model expects {expected:?}; not paid in full: {unpaid:?}"
             );
+            settled = false;
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Nothing paid on an invoice was refunded, and each pack exactly what the journey
+    /// refunded (so tollgate refunds nothing by mistake).
+    async fn check_refunds(&self, invoices: &[Value]) {
+        let mut intents: Vec<(String, i64)> = self.pack_refunds.clone();
+        for invoice in invoices {
+            for payment in invoice["payments"]["data"].as_array().into_iter().flatten() {
+                if let Some(pi) = payment["payment"]["payment_intent"].as_str() {
+                    intents.push((pi.to_owned(), 0));
+                }
+            }
+        }
+        for (intent, expected) in intents {
+            let pi = self
+                .app
+                .stripe_get(&format!("/v1/payment_intents/{intent}"))
+                .await;
+            let Some(charge) = pi["latest_charge"].as_str() else {
+                continue;
+            };
+            let charge = self.app.stripe_get(&format!("/v1/charges/{charge}")).await;
+            assert_eq!(
+                charge["amount_refunded"], expected,
+                "refunded of {intent}: {charge}"
+            );
         }
     }
 }
