@@ -113,11 +113,24 @@ async fn random_journeys_bill_what_the_pricing_rules_say_to_the_cent() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    assert!(stats.renewals > 0 && stats.upgrades > 0 && stats.invoices > 0 || count < 20);
+    eprintln!("journeys: steps by kind {:?}", stats.kinds);
+    // Enough journeys take every kind of step (a generator that stopped producing one
+    // would otherwise go unnoticed).
+    if count >= 200 {
+        for kind in Step::KINDS {
+            assert!(
+                stats.kinds.get(*kind).is_some_and(|n| *n >= 5),
+                "{kind} taken fewer than 5 times: {:?}",
+                stats.kinds
+            );
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
 struct Stats {
+    /// Steps taken, by kind.
+    kinds: std::collections::BTreeMap<String, u64>,
     steps: u64,
     invoices: u64,
     renewals: u64,
@@ -128,6 +141,9 @@ struct Stats {
 
 impl Stats {
     fn plus(mut self, o: &Stats) -> Stats {
+        for (kind, n) in &o.kinds {
+            *self.kinds.entry(kind.clone()).or_default() += n;
+        }
         self.steps += o.steps;
         self.invoices += o.invoices;
         self.renewals += o.renewals;
@@ -145,18 +161,61 @@ enum Step {
     EnterCredits(Tier),
     Tickets(i64),
     Wait,
-    Renew { fail_first: bool },
+    Renew {
+        fail_first: bool,
+    },
     Upgrade,
     Downgrade,
     UndoDowngrade,
-    CancelAtEnd { via_free: bool },
+    CancelAtEnd {
+        via_free: bool,
+    },
     Reactivate,
     CancelNow,
     SwitchToCredits(Tier),
     BuyPack(i64),
     UseCredits(i64),
-    Refund { full: bool },
+    Refund {
+        full: bool,
+    },
     SwitchToFixed(Tier),
+    /// A pack's Checkout opened on credits, then the switch to the fixed fee, then the
+    /// pack paid: it no longer fits and is refunded in full.
+    PackPaidAfterSwitch(Tier),
+}
+
+impl Step {
+    const KINDS: &'static [&'static str] = &[
+        "Subscribe",
+        "EnterCredits",
+        "Tickets",
+        "Wait",
+        "Renew",
+        "RenewAfterAFailedPayment",
+        "Upgrade",
+        "Downgrade",
+        "UndoDowngrade",
+        "CancelAtEnd",
+        "Reactivate",
+        "CancelNow",
+        "SwitchToCredits",
+        "BuyPack",
+        "UseCredits",
+        "Refund",
+        "SwitchToFixed",
+        "PackPaidAfterSwitch",
+    ];
+
+    fn kind(&self) -> String {
+        match self {
+            Step::Renew { fail_first: true } => "RenewAfterAFailedPayment".to_owned(),
+            other => format!("{other:?}")
+                .split(['(', ' '])
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
 }
 
 struct Journey<'a> {
@@ -238,6 +297,7 @@ impl<'a> Journey<'a> {
             j.note(format!("{step:?} at {}", j.now));
             j.take(step).await;
             j.stats.steps += 1;
+            *j.stats.kinds.entry(step.kind()).or_default() += 1;
             j.check_state().await;
         }
         j.check_invoices().await;
@@ -312,6 +372,7 @@ impl<'a> Journey<'a> {
                     ));
                 }
                 options.push((2, Step::SwitchToFixed(tier(rng))));
+                options.push((1, Step::PackPaidAfterSwitch(tier(rng))));
             }
         }
         let total: u32 = options.iter().map(|(w, _)| w).sum();
@@ -328,6 +389,7 @@ impl<'a> Journey<'a> {
     async fn take(&mut self, step: Step) {
         match step {
             Step::Subscribe(t) | Step::SwitchToFixed(t) => self.subscribe(t).await,
+            Step::PackPaidAfterSwitch(t) => self.pack_paid_after_switch(t).await,
             Step::EnterCredits(t) => {
                 let r = self
                     .call(
@@ -707,22 +769,53 @@ impl<'a> Journey<'a> {
             .await;
     }
 
-    async fn buy_pack(&mut self, units: i64) {
-        let t = self.model.credits().tier;
-        let before = self.grants().await;
+    /// Opens a Checkout for a pack of the customer's credit plan; returns the session.
+    async fn open_pack(&self, tier: Tier, units: i64) -> String {
         let r = self
             .app
             .post_json(
                 "/api/v1/billing/credits/purchase",
                 &self.customer,
-                &json!({"units": units, "plan": t.id(),
+                &json!({"units": units, "plan": tier.id(),
                     "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
             )
             .await;
-        let status = r.status();
-        let body: Value = r.json().await.unwrap();
-        assert!(status.is_success(), "credit purchase: {status} {body}");
-        let session = body["id"].as_str().unwrap().to_owned();
+        let body = Self::ok(r, "credit purchase").await;
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn pack_paid_after_switch(&mut self, to: Tier) {
+        let credit_tier = self.model.credits().tier;
+        let units = credit_tier.packs()[0];
+        let session = self.open_pack(credit_tier, units).await;
+        self.subscribe(to).await;
+        self.app.pay(&session).await;
+        self.until(
+            "the stray pack recorded as refunded",
+            format!(
+                "SELECT count(*) = 1 FROM billing_credits WHERE stripe_checkout_session_id = '{session}'
+                 AND closed_reason = 'refund'"
+            ),
+        )
+        .await;
+        let intent = self
+            .app
+            .stripe_get(&format!("/v1/checkout/sessions/{session}"))
+            .await["payment_intent"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // Paid and given back whole; the customer stays on the fixed fee.
+        let price = units * credit_tier.rate();
+        self.model.pack_payments.push(price);
+        self.pack_refunds.push((intent, price));
+        self.stats.refunds += 1;
+    }
+
+    async fn buy_pack(&mut self, units: i64) {
+        let t = self.model.credits().tier;
+        let before = self.grants().await;
+        let session = self.open_pack(t, units).await;
         self.app.pay(&session).await;
         self.until(
             "the pack's grant",
