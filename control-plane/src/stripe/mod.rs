@@ -830,7 +830,6 @@ impl StripeGateway {
     }
 
     /// A subscription as Stripe holds it now.
-    /// A subscription as Stripe holds it now.
     pub async fn retrieve_subscription(
         &self,
         subscription: &str,
