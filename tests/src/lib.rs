@@ -51,12 +51,21 @@ pub fn harness_env_removed(cmd: &mut Command) -> &mut Command {
         .env_remove("TOLLGATE_TEST_REDIS")
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and never handed out before in this process (the
+/// kernel may offer a just-released port again, and tests allocate concurrently).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static GIVEN: std::sync::Mutex<Option<std::collections::HashSet<u16>>> =
+        std::sync::Mutex::new(None);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.get_or_insert_with(Default::default).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// PostgreSQL server URL for creating per-test databases (`TOLLGATE_TEST_PG`).
@@ -363,7 +372,21 @@ pub struct Stack {
 const STARTUP: Duration = Duration::from_secs(30);
 
 impl Stack {
+    /// The stack on fresh ports; tried again on other ports if one was taken between
+    /// choosing it and binding it (something else on the machine may bind any port).
     pub async fn start() -> anyhow::Result<Self> {
+        for attempt in 1.. {
+            match Self::try_start().await {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                    continue;
+                }
+                result => return result,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn try_start() -> anyhow::Result<Self> {
         let ports = Ports::fresh();
         let dir = scratch_dir()?;
         let database = TestDatabase::create().await?;
