@@ -13,4 +13,5 @@ pub mod notifications;
 pub mod overage;
 pub mod startup;
 pub mod stripe;
+pub mod switches;
 pub mod webhooks;

@@ -269,37 +269,14 @@ async fn saved_card(
     Ok(None)
 }
 
-/// The customer is on prepaid credits of `target` from now on; what is left of earlier
-/// grants expires with the switch.
+/// The customer is on prepaid credits of `target` from now on.
 async fn enter_credit_model(
     state: &AppState,
     customer: &CustomerId,
     target: &Plan,
 ) -> Result<(), ApiError> {
-    let mut tx = state.pool.begin().await?;
-    sqlx::query!(
-        "INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT DO NOTHING",
-        customer.as_str()
-    )
-    .execute(&mut *tx)
-    .await?;
-    let now = OffsetDateTime::now_utc();
-    sqlx::query!(
-        "INSERT INTO subscriptions (customer_id, plan_type, billing_model, status,
-             current_period_start, current_period_end)
-         VALUES ($1, $2, 'credit_burndown', 'active', $3, $4)
-         ON CONFLICT (customer_id) WHERE stripe_subscription_id IS NULL DO UPDATE
-         SET plan_type = EXCLUDED.plan_type, status = 'active', created_at = now(),
-             current_period_start = EXCLUDED.current_period_start,
-             current_period_end = EXCLUDED.current_period_end, updated_at = now()",
-        customer.as_str(),
-        target.id().as_str(),
-        now,
-        now + time::Duration::days(30)
-    )
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let mut conn = state.pool.acquire().await?;
+    crate::switches::enter_credit_model(&mut conn, customer.as_str(), target.id().as_str()).await?;
     Ok(())
 }
 
@@ -407,21 +384,17 @@ async fn switch_model(
         ));
     }
     let (expired, unused_fee) = match model {
-        BillingModel::CreditBurndown => {
-            let unused = match &current {
-                Some(current) => end_for_credits(state, current).await?,
-                None => None,
-            };
-            let expired = expire_credits(state, customer).await?;
-            enter_credit_model(state, customer, target).await?;
-            let credited = match (unused, &current) {
-                (Some(amount), Some(current)) => {
-                    grant_unused_fee(state, customer, target, current, amount).await?
-                }
-                _ => None,
-            };
-            (expired, credited)
-        }
+        BillingModel::CreditBurndown => match &current {
+            Some(current) => {
+                let done = end_for_credits(state, customer, current, target).await?;
+                (done.credits_expired, done.unused_fee_credited)
+            }
+            None => {
+                let expired = expire_credits(state, customer).await?;
+                enter_credit_model(state, customer, target).await?;
+                (expired, None)
+            }
+        },
         BillingModel::FixedFee => {
             // The subscription's sync expires the credits in the same transaction.
             let before = open_grants(state, customer).await?;
@@ -435,70 +408,53 @@ async fn switch_model(
     Ok(json!({ "credits_expired": expired, "unused_fee_credited": unused_fee }))
 }
 
-/// Ends the fixed-fee subscription for a switch to credits and says what its unused,
-/// paid-for time is worth. Stripe's own proration credit would go to the customer's
-/// Stripe balance, which only invoices consume, and credit packs are paid without an
-/// invoice: the money would be stranded. So the subscription is cancelled without
-/// proration (pending prorations are invoiced now; overage goes on the final invoice the
-/// sync opens) and the caller grants the unused time as tollgate credits. A period whose
-/// latest invoice is not paid (past due, or a renewal draft not collected yet) is worth
-/// nothing. The amount is the plan's list fee (no discounts or tax are modelled).
-async fn end_for_credits(state: &AppState, current: &Current) -> Result<Option<Money>, ApiError> {
+/// Ends the fixed-fee subscription for a switch to credits of `target`, turning its
+/// unused, paid-for time into tollgate credits. Stripe's own proration credit would go to
+/// the customer's Stripe balance, which only invoices consume, and credit packs are paid
+/// without an invoice: the money would be stranded. So the subscription is cancelled
+/// without proration (pending prorations are invoiced now; overage goes on the final
+/// invoice the sync opens) and the unused time becomes a grant worth exactly that amount
+/// on `target`'s per-ticket price. A period whose latest invoice is not paid (past due,
+/// or a renewal draft not collected yet) is worth nothing. The amount is the plan's list
+/// fee (no discounts or tax are modelled). Crash-safe: see [`crate::switches`].
+async fn end_for_credits(
+    state: &AppState,
+    customer: &CustomerId,
+    current: &Current,
+    target: &Plan,
+) -> Result<crate::switches::Completed, ApiError> {
     let gateway = gateway(state)?;
     let sub = current.stripe_subscription_id.as_str();
     let item = gateway.subscription_item(sub).await?;
-    let (start, end) = (item.period_start, item.period_end);
     // Paid for means the latest invoice is paid: not past due, and not the hour after a
     // renewal whose draft is not collected yet (cancelling stops its collection).
     let paid_for = gateway.latest_invoice_paid(sub).await?;
-    let at = item.change_instant();
-    gateway.cancel_now_invoicing_pending(sub).await?;
-    resync(state, sub).await?;
-    if !paid_for {
-        return Ok(None);
-    }
-    // The fee of the plan paid for this period (during a pending downgrade, the higher
-    // one: flexible billing debited it).
-    let paid = plan(state, "plan", &current.plan_type)?;
-    let period = BillingPeriod::from_bounds(
-        OffsetDateTime::from_unix_timestamp(start).map_err(|e| anyhow::anyhow!(e))?,
-        OffsetDateTime::from_unix_timestamp(end).map_err(|e| anyhow::anyhow!(e))?,
-    )
-    .map_err(|e| anyhow::anyhow!(e))?;
-    let at = OffsetDateTime::from_unix_timestamp(at).map_err(|e| anyhow::anyhow!(e))?;
-    Ok(Some(
-        unused_time(paid.monthly_fee(), period, at).map_err(|e| anyhow::anyhow!(e))?,
-    ))
-}
-
-/// The unused fixed fee as a credit grant on `target`'s per-ticket price (worth the
-/// amount to the cent; the tickets are the whole units it buys). Once per subscription.
-async fn grant_unused_fee(
-    state: &AppState,
-    customer: &CustomerId,
-    target: &Plan,
-    current: &Current,
-    amount: Money,
-) -> Result<Option<Money>, ApiError> {
-    let Some(unit_price) = target.credit_unit_price() else {
-        return Ok(None);
+    let unused = if paid_for {
+        // The fee of the plan paid for this period (during a pending downgrade, the
+        // higher one: flexible billing debited it).
+        let paid = plan(state, "plan", &current.plan_type)?;
+        let bound = |t: i64| OffsetDateTime::from_unix_timestamp(t).map_err(|e| anyhow::anyhow!(e));
+        let period = BillingPeriod::from_bounds(bound(item.period_start)?, bound(item.period_end)?)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Some(
+            unused_time(paid.monthly_fee(), period, bound(item.change_instant())?)
+                .map_err(|e| anyhow::anyhow!(e))?,
+        )
+    } else {
+        None
     };
-    if amount.is_zero() {
-        return Ok(None);
-    }
-    sqlx::query(
-        "INSERT INTO billing_credits (customer_id, credit_amount, purchased_amount, unit_price,
-             converted_from_subscription)
-         VALUES ($1, $2, $2, $3, $4)
-         ON CONFLICT (converted_from_subscription) DO NOTHING",
-    )
-    .bind(customer.as_str())
-    .bind(amount.as_decimal())
-    .bind(unit_price.as_decimal())
-    .bind(&current.stripe_subscription_id)
-    .execute(&state.pool)
-    .await?;
-    Ok(Some(amount))
+    crate::switches::record(&state.pool, customer, sub, target, unused).await?;
+    gateway.cancel_now_invoicing_pending(sub).await?;
+    // Storing the cancellation completes the switch (or the webhook did already).
+    resync(state, sub).await?;
+    crate::switches::outcome(&state.pool, sub)
+        .await?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the switch of {sub} was not completed when its cancellation was stored"
+            )
+            .into()
+        })
 }
 
 async fn open_grants(state: &AppState, customer: &CustomerId) -> Result<u64, ApiError> {

@@ -661,10 +661,16 @@ impl StripeGateway {
         &self,
         subscription: &str,
     ) -> Result<(), GatewayError> {
-        use stripe_billing::subscription::CancelSubscription;
+        use stripe_billing::subscription::{
+            CancelSubscription, CancelSubscriptionCancellationDetails,
+        };
+        let mut details = CancelSubscriptionCancellationDetails::new();
+        // Whoever stores this cancellation completes the switch (crate::switches).
+        details.comment = Some(crate::switches::CANCEL_COMMENT.to_owned());
         CancelSubscription::new(subscription)
             .prorate(false)
             .invoice_now(true)
+            .cancellation_details(details)
             .customize()
             .request_strategy(idempotency(&["cancel_for_credits", subscription]))
             .send(&self.client)

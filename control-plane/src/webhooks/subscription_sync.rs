@@ -217,6 +217,18 @@ pub(super) async fn sync_subscription(
     if crate::stripe::is_live(&status) {
         expire_credits_on_switch(tx, &customer, subscription_id).await?;
     }
+    // A cancellation made by a switch to credits completes that switch, whoever stores
+    // it first (the request's re-fetch, this webhook, reconciliation).
+    let switched = status == "canceled"
+        && sub
+            .cancellation_details
+            .as_ref()
+            .and_then(|d| d.comment.as_deref())
+            == Some(crate::switches::CANCEL_COMMENT);
+    if switched && crate::switches::complete(tx, subscription_id).await? {
+        tracing::info!(customer = %customer, subscription = subscription_id,
+            "switch to credits completed");
+    }
     record_transition(
         state,
         tx,

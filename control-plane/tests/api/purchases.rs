@@ -278,3 +278,127 @@ async fn switching_to_credits_before_the_renewal_is_collected_credits_nothing() 
     .await;
     assert_eq!(grants, 0);
 }
+
+/// Cancels `sub` on the stand-in as a request would (DELETE, with `form`).
+async fn stripe_cancel(app: &TestApp, sub: &str, form: &[(&str, &str)]) {
+    let base = &app.stripe.as_ref().unwrap().url;
+    let r = app
+        .http
+        .delete(format!("{base}/v1/subscriptions/{sub}"))
+        .bearer_auth(crate::helpers::STRIPE_KEY)
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_switch_to_credits_cut_off_after_stripe_cancelled_still_grants_the_unused_fee() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let sub = app.subscribe_via_checkout("cutoff", "premium").await;
+    let premium = app
+        .state
+        .catalog
+        .get(&billing_model::PlanId::parse("premium").unwrap())
+        .unwrap()
+        .clone();
+    let customer = billing_model::CustomerId::parse("cutoff").unwrap();
+    // The request recorded its intent and Stripe cancelled, then the process died before
+    // anything else was written: only the cancellation's webhook is left to finish it.
+    tollgate_control_plane::switches::record(
+        &app.pool,
+        &customer,
+        &sub,
+        &premium,
+        Some(billing_model::Money::from_cents(12_345)),
+    )
+    .await
+    .unwrap();
+    stripe_cancel(
+        &app,
+        &sub,
+        &[
+            ("invoice_now", "true"),
+            ("prorate", "false"),
+            (
+                "cancellation_details[comment]",
+                tollgate_control_plane::switches::CANCEL_COMMENT,
+            ),
+        ],
+    )
+    .await;
+    app.eventually(
+        "the switch completed by the webhook",
+        &format!(
+            "SELECT count(*) = 1 FROM billing_credits WHERE converted_from_subscription = '{sub}'
+               AND credit_amount = 123.45 AND closed_at IS NULL"
+        ),
+    )
+    .await;
+    let usage = app.get_as("cutoff", "/api/v1/billing/usage").await;
+    assert_eq!(usage["billing_model"], "credit_burndown", "{usage}");
+    assert_eq!(usage["credit_balance"], "123.45");
+    // 123.45 / 1.99: 62 whole tickets.
+    assert_eq!(usage["credit_units_remaining"], 62);
+    // Stored again (a redelivery, reconciliation): granted once.
+    tollgate_control_plane::webhooks::sync_subscription_now(&app.state, &sub)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM billing_credits WHERE customer_id = 'cutoff'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_switch_to_credits_that_never_reached_stripe_grants_nothing_when_the_customer_cancels_instead()
+ {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let sub = app.subscribe_via_checkout("changed-mind", "premium").await;
+    let premium = app
+        .state
+        .catalog
+        .get(&billing_model::PlanId::parse("premium").unwrap())
+        .unwrap()
+        .clone();
+    // The intent was recorded, then the request died before Stripe was asked.
+    tollgate_control_plane::switches::record(
+        &app.pool,
+        &billing_model::CustomerId::parse("changed-mind").unwrap(),
+        &sub,
+        &premium,
+        Some(billing_model::Money::from_cents(10_000)),
+    )
+    .await
+    .unwrap();
+    // The customer cancels instead: that cancellation is not a switch.
+    let r = app
+        .call_as(
+            "changed-mind",
+            Method::DELETE,
+            "/api/v1/billing/subscriptions?immediately=true",
+            None,
+        )
+        .await;
+    assert!(r.status().is_success());
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM billing_credits WHERE customer_id = 'changed-mind'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        app.get_as("changed-mind", "/api/v1/billing/usage").await["plan"],
+        "free"
+    );
+}

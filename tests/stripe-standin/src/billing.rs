@@ -668,6 +668,7 @@ pub fn create_subscription(
         canceled_at: None,
         ended_at: None,
         cancellation_reason: None,
+        cancellation_comment: None,
         metadata,
         latest_invoice: None,
         default_payment_method,

@@ -218,7 +218,7 @@ pub fn subscription(store: &Store, s: &Subscription) -> Value {
             "cancel_at": s.cancel_at,
             "canceled_at": s.canceled_at,
             "ended_at": s.ended_at,
-            "cancellation_details": { "comment": null, "feedback": null, "reason": s.cancellation_reason },
+            "cancellation_details": { "comment": s.cancellation_comment, "feedback": null, "reason": s.cancellation_reason },
             "metadata": s.metadata,
             "latest_invoice": s.latest_invoice,
             "default_payment_method": s.default_payment_method,

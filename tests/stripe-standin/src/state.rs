@@ -177,6 +177,8 @@ pub struct Subscription {
     pub canceled_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub cancellation_reason: Option<String>,
+    /// `cancellation_details.comment`, as the canceller gave it.
+    pub cancellation_comment: Option<String>,
     pub metadata: Metadata,
     pub latest_invoice: Option<String>,
     pub default_payment_method: Option<String>,

@@ -361,6 +361,9 @@ async fn cancel(
     p.only(&["invoice_now", "prorate", "cancellation_details"])?;
     let invoice_now = p.bool("invoice_now")?.unwrap_or(false);
     let prorate = p.bool("prorate")?.unwrap_or(false);
+    let details = p.child("cancellation_details");
+    details.only(&["comment", "feedback"])?;
+    let comment = details.str("comment").map(str::to_owned);
     app.run(&req.info, |store| {
         let sub = store
             .subscriptions
@@ -418,6 +421,9 @@ async fn cancel(
                 let obj = objects::invoice_item(store, &store.invoice_items[&ii]);
                 billing::emit(store, "invoiceitem.created", obj, None, now);
             }
+        }
+        if let Some(s) = store.subscriptions.get_mut(&id) {
+            s.cancellation_comment = comment.clone();
         }
         billing::cancel_now(store, &id, now, "cancellation_requested");
         if invoice_now {
