@@ -2,6 +2,7 @@
 //! entitlement updates it pushes to every proxy.
 
 pub mod config;
+pub mod customers;
 pub mod db;
 pub mod entitlements;
 pub mod http;

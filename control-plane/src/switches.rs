@@ -141,10 +141,7 @@ pub async fn enter_credit_model(
     customer: &str,
     plan: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(customer)
-        .execute(&mut *conn)
-        .await?;
+    crate::customers::ensure(&mut *conn, customer).await?;
     let now = time::OffsetDateTime::now_utc();
     sqlx::query(
         "INSERT INTO subscriptions (customer_id, plan_type, billing_model, status,

@@ -88,12 +88,7 @@ impl Entitlements {
         &self,
         customer: &CustomerId,
     ) -> Result<(), EntitlementError> {
-        sqlx::query(
-            "INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT (customer_id) DO NOTHING",
-        )
-        .bind(customer.as_str())
-        .execute(&self.pool)
-        .await?;
+        crate::customers::ensure(&self.pool, customer.as_str()).await?;
         Ok(())
     }
 
@@ -111,12 +106,7 @@ impl Entitlements {
             .await?;
         // Two statements: a second statement sees a row a concurrent first sight
         // committed while this one's INSERT waited for it (one statement would not).
-        sqlx::query(
-            "INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT (customer_id) DO NOTHING",
-        )
-        .bind(customer.as_str())
-        .execute(&mut *conn)
-        .await?;
+        crate::customers::ensure(&mut *conn, customer.as_str()).await?;
         let anchor: OffsetDateTime =
             sqlx::query_scalar("SELECT free_period_anchor FROM customers WHERE customer_id = $1")
                 .bind(customer.as_str())

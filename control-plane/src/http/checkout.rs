@@ -92,12 +92,7 @@ pub async fn stripe_customer(
     gateway: &StripeGateway,
     customer: &CustomerId,
 ) -> Result<String, ApiError> {
-    sqlx::query!(
-        "INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT DO NOTHING",
-        customer.as_str()
-    )
-    .execute(&state.pool)
-    .await?;
+    crate::customers::ensure(&state.pool, customer.as_str()).await?;
     let existing = sqlx::query_scalar!(
         "SELECT stripe_customer_id FROM customers WHERE customer_id = $1",
         customer.as_str()
@@ -307,12 +302,13 @@ async fn checkout(
 
 /// Whether the customer pays a fixed fee through a live Stripe subscription.
 async fn on_fixed_fee(state: &AppState, customer: &CustomerId) -> Result<bool, ApiError> {
-    Ok(sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM subscriptions
-               WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
-                 AND status IN ('active', 'trialing', 'past_due')) AS "live!""#,
-        customer.as_str()
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM subscriptions
+             WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
+               AND status = ANY($2))",
     )
+    .bind(customer.as_str())
+    .bind(&crate::stripe::LIVE_STATUSES[..])
     .fetch_one(&state.pool)
     .await?)
 }

@@ -77,6 +77,7 @@ fn is_free(state: &AppState, plan: &Plan) -> bool {
 }
 
 /// The customer's live Stripe subscription, as stored.
+#[derive(sqlx::FromRow)]
 struct Current {
     stripe_subscription_id: String,
     plan_type: String,
@@ -86,16 +87,15 @@ struct Current {
 }
 
 async fn current_fixed(state: &AppState, customer: &str) -> Result<Option<Current>, ApiError> {
-    Ok(sqlx::query_as!(
-        Current,
-        r#"SELECT stripe_subscription_id AS "stripe_subscription_id!", plan_type,
-                  pending_plan_type, stripe_state_at
-           FROM subscriptions
-           WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
-             AND status IN ('active', 'trialing', 'past_due')
-           ORDER BY created_at DESC LIMIT 1"#,
-        customer
+    Ok(sqlx::query_as::<_, Current>(
+        "SELECT stripe_subscription_id, plan_type, pending_plan_type, stripe_state_at
+         FROM subscriptions
+         WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
+           AND status = ANY($2)
+         ORDER BY created_at DESC LIMIT 1",
     )
+    .bind(customer)
+    .bind(&crate::stripe::LIVE_STATUSES[..])
     .fetch_optional(&state.pool)
     .await?)
 }

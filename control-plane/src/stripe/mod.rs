@@ -904,10 +904,13 @@ impl StripeGateway {
     }
 }
 
-/// Whether a Stripe subscription status gives the customer its plan (the statuses the
-/// SQL filters name as `status IN ('active', 'trialing', 'past_due')`).
+/// The Stripe subscription statuses that give the customer its plan (SQL binds this list:
+/// `status = ANY($n)`).
+pub const LIVE_STATUSES: [&str; 3] = ["active", "trialing", "past_due"];
+
+/// Whether a Stripe subscription status gives the customer its plan.
 pub fn is_live(status: &str) -> bool {
-    matches!(status, "active" | "trialing" | "past_due")
+    LIVE_STATUSES.contains(&status)
 }
 
 /// Why tollgate gives a payment back.

@@ -58,14 +58,7 @@ pub(super) async fn grant_credits(
         .bind(customer)
         .execute(&mut **tx)
         .await?;
-    sqlx::query!(
-        "INSERT INTO customers (customer_id, stripe_customer_id) VALUES ($1, $2)
-         ON CONFLICT (customer_id) DO NOTHING",
-        customer,
-        session["customer"].as_str()
-    )
-    .execute(&mut **tx)
-    .await?;
+    crate::customers::link_stripe(&mut **tx, customer, session["customer"].as_str()).await?;
     if !super::subscription_sync::other_live_subscriptions(tx, customer, "")
         .await?
         .is_empty()

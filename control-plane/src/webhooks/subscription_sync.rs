@@ -130,15 +130,7 @@ pub(super) async fn sync_subscription(
     )
     .fetch_optional(&mut **tx)
     .await?;
-    sqlx::query!(
-        "INSERT INTO customers (customer_id, stripe_customer_id) VALUES ($1, $2)
-         ON CONFLICT (customer_id) DO UPDATE
-         SET stripe_customer_id = COALESCE(customers.stripe_customer_id, EXCLUDED.stripe_customer_id)",
-        customer,
-        stripe_customer
-    )
-    .execute(&mut **tx)
-    .await?;
+    crate::customers::link_stripe(&mut **tx, &customer, Some(&stripe_customer)).await?;
     let stored = sqlx::query_scalar!(
         r#"INSERT INTO subscriptions (customer_id, stripe_subscription_id, stripe_customer_id,
              plan_type, billing_model, status, current_period_start, current_period_end,
@@ -275,10 +267,11 @@ pub(super) async fn other_live_subscriptions(
         "SELECT stripe_subscription_id FROM subscriptions
          WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
            AND stripe_subscription_id <> $2
-           AND status IN ('active', 'trialing', 'past_due')",
+           AND status = ANY($3)",
     )
     .bind(customer)
     .bind(subscription_id)
+    .bind(&crate::stripe::LIVE_STATUSES[..])
     .fetch_all(&mut **tx)
     .await
 }
