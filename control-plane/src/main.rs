@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
             let repaired = tollgate_control_plane::jobs::with_lock(
                 &state.pool,
                 tollgate_control_plane::jobs::STRIPE_SYNC_LOCK,
-                || tollgate_control_plane::jobs::stripe_sync::run_once(state),
+                || tollgate_control_plane::jobs::stripe_reconciliation::run_once(state),
             )
             .await?;
             let mut applied = 0;

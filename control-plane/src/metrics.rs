@@ -35,7 +35,7 @@ pub struct Metrics {
     /// Outbound notification attempts by outcome (delivered, failed).
     pub notifications: IntCounterVec,
     // Business metrics. Gauges derived from PostgreSQL are refreshed by a job
-    // (`jobs::business`), never computed per scrape.
+    // (`jobs::business_metrics`), never computed per scrape.
     pub mrr_cents: IntGaugeVec,
     pub active_subscriptions: IntGaugeVec,
     pub period_usage_units: IntGaugeVec,

@@ -176,7 +176,7 @@ impl Application {
                 async move {
                     let pool = state.pool.clone();
                     let run = crate::jobs::with_lock(&pool, crate::jobs::STRIPE_SYNC_LOCK, || {
-                        crate::jobs::stripe_sync::run_once(&state)
+                        crate::jobs::stripe_reconciliation::run_once(&state)
                     })
                     .await;
                     if let Err(e) = run {
@@ -192,7 +192,7 @@ impl Application {
             move || {
                 let state = state.clone();
                 async move {
-                    if let Err(e) = crate::jobs::business::refresh(&state).await {
+                    if let Err(e) = crate::jobs::business_metrics::refresh(&state).await {
                         tracing::warn!(error = %e, "business metrics refresh failed");
                     }
                 }
@@ -207,7 +207,7 @@ impl Application {
                 async move {
                     let pool = state.pool.clone();
                     let run = crate::jobs::with_lock(&pool, crate::jobs::DUNNING_LOCK, || {
-                        crate::jobs::dunning::run_once(&state)
+                        crate::jobs::grace_expiry::run_once(&state)
                     })
                     .await;
                     if let Err(e) = run {
@@ -271,7 +271,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         // Gauges hold real figures from the first scrape.
-        if let Err(e) = crate::jobs::business::refresh(&self.state).await {
+        if let Err(e) = crate::jobs::business_metrics::refresh(&self.state).await {
             tracing::warn!(error = %e, "business metrics refresh failed");
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -1,12 +1,12 @@
 //! Periodic jobs. Each runs on every replica's schedule but does its work only while it
 //! holds its PostgreSQL advisory lock, so one replica at a time does it.
 
-pub mod business;
+pub mod business_metrics;
 pub mod counters;
-pub mod dunning;
+pub mod grace_expiry;
 pub mod overage_trueup;
 pub mod retention;
-pub mod stripe_sync;
+pub mod stripe_reconciliation;
 
 use sqlx::PgPool;
 use std::future::Future;

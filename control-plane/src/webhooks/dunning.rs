@@ -1,6 +1,6 @@
 //! Dunning from invoice payments: a failed attempt opens (or keeps) the grace period, a
 //! payment closes it; the ticket app hears of both. (Grace *expiry* is the job
-//! `jobs::dunning`.)
+//! `jobs::grace_expiry`.)
 
 use super::apply::ApplyError;
 use super::event::PaymentOutcome;

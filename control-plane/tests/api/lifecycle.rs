@@ -168,7 +168,7 @@ async fn direct_subscribe_needs_a_saved_card_and_charges_it() {
     assert_eq!(view["next_invoice"]["overage_so_far"], "0.00");
 
     // The business gauges are refreshed by a job, then scraped.
-    tollgate_control_plane::jobs::business::refresh(&app.state)
+    tollgate_control_plane::jobs::business_metrics::refresh(&app.state)
         .await
         .unwrap();
     let metrics = app
@@ -459,12 +459,12 @@ async fn a_failed_renewal_keeps_the_plan_for_the_grace_period_then_falls_back_to
         .execute(&app.pool)
         .await
         .unwrap();
-    let published = tollgate_control_plane::jobs::dunning::run_once(&app.state)
+    let published = tollgate_control_plane::jobs::grace_expiry::run_once(&app.state)
         .await
         .unwrap();
     assert_eq!(published, 1);
     assert_eq!(
-        tollgate_control_plane::jobs::dunning::run_once(&app.state)
+        tollgate_control_plane::jobs::grace_expiry::run_once(&app.state)
             .await
             .unwrap(),
         0,
@@ -543,7 +543,7 @@ async fn reconciliation_heals_webhooks_that_were_never_delivered() {
             .unwrap();
     assert_eq!(stored, 0, "nothing arrived");
 
-    let repaired = tollgate_control_plane::jobs::stripe_sync::run_once(&app.state)
+    let repaired = tollgate_control_plane::jobs::stripe_reconciliation::run_once(&app.state)
         .await
         .unwrap();
     assert!(
@@ -556,7 +556,7 @@ async fn reconciliation_heals_webhooks_that_were_never_delivered() {
     )
     .await;
     assert_eq!(app.snapshot("lost").await["plan"], "premium");
-    let again = tollgate_control_plane::jobs::stripe_sync::run_once(&app.state)
+    let again = tollgate_control_plane::jobs::stripe_reconciliation::run_once(&app.state)
         .await
         .unwrap();
     assert_eq!(again, 0, "nothing is repaired twice");
