@@ -1,7 +1,6 @@
 //! The usage ledger: every consumed unit is one row, however often it is delivered;
 //! credit customers' units are deducted from their grants in the same transaction.
 
-use crate::http::usage::{Granularity, HistoryBucket};
 use billing_model::{CreditGrant, CustomerId, Money, UsageEvent, deduct_fifo};
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -291,4 +290,24 @@ pub fn overage_so_far(
         .get(&snapshot.plan)
         .and_then(|plan| billing_model::overage_amount(plan, snapshot.units_used).ok())
         .unwrap_or(Money::ZERO)
+}
+
+/// How usage history is bucketed: per day, or per billing period.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    #[default]
+    Day,
+    Period,
+}
+
+/// Usage of one type in one bucket.
+#[derive(Debug, serde::Serialize)]
+pub struct HistoryBucket {
+    #[serde(with = "time::serde::rfc3339")]
+    pub start: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub end: OffsetDateTime,
+    pub usage_type: String,
+    pub quantity: i64,
 }

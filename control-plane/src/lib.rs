@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod notifications;
 pub mod overage;
 pub mod startup;
+pub mod state;
 pub mod stripe;
 pub mod switches;
 pub mod webhooks;

@@ -10,7 +10,7 @@
 //! makes each threshold fire once per period (or per credit balance) and each payment
 //! event once per invoice.
 
-use crate::http::AppState;
+use crate::state::AppState;
 use billing_model::{BillingModel, EntitlementSnapshot};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;

@@ -3,6 +3,7 @@
 use super::AppState;
 use super::error::ApiError;
 use super::extract::AuthenticatedCustomer;
+pub use crate::ledger::{Granularity, HistoryBucket};
 use axum::Json;
 use axum::extract::{Query, State};
 use billing_model::{Enforcement, Money, PlanId, overage_amount, overage_units};
@@ -78,24 +79,6 @@ pub struct HistoryQuery {
     pub to: OffsetDateTime,
     #[serde(default)]
     pub granularity: Granularity,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Granularity {
-    #[default]
-    Day,
-    Period,
-}
-
-#[derive(Debug, Serialize)]
-pub struct HistoryBucket {
-    #[serde(with = "time::serde::rfc3339")]
-    pub start: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub end: OffsetDateTime,
-    pub usage_type: String,
-    pub quantity: i64,
 }
 
 #[utoipa::path(get, path = "/api/v1/billing/usage/history", tag = "usage", params(("from" = String, Query, description = "RFC 3339"), ("to" = String, Query, description = "RFC 3339"), ("granularity" = Option<String>, Query, description = "day (default) or period")), security(("customer_jwt" = [])), responses((status = 200, description = "usage buckets from the ledger")))]

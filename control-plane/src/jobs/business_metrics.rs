@@ -1,7 +1,7 @@
 //! Business gauges from PostgreSQL (MRR, subscriptions, usage per plan, notification
 //! backlog) and dependency health, refreshed periodically so a scrape never queries.
 
-use crate::http::AppState;
+use crate::state::AppState;
 use billing_model::{Money, PlanId};
 
 /// One refresh. Each replica refreshes its own gauges (they read shared state, so every

@@ -1,7 +1,7 @@
 //! Grace periods end on their own clock: when a past-due customer's grace runs out, the
 //! proxies must learn that the customer is back on Free limits, without any webhook.
 
-use crate::http::AppState;
+use crate::state::AppState;
 use billing_model::CustomerId;
 
 const CURSOR: &str = "grace_expiry";

@@ -9,7 +9,7 @@
 //! lives, else on an invoice of its own, charged at once. Each part has its own
 //! idempotency key and row, so reruns and crashes bill it once.
 
-use crate::http::AppState;
+use crate::state::AppState;
 use crate::stripe::ItemTarget;
 use billing_model::{PlanId, overage_units};
 use std::collections::HashMap;

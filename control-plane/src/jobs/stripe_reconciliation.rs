@@ -8,7 +8,7 @@
 //! therefore re-fetched and stored; every repair is counted in
 //! `tollgate_cp_stripe_reconcile_repairs_total`.
 
-use crate::http::AppState;
+use crate::state::AppState;
 use serde_json::{Value, json};
 
 const CURSOR: &str = "stripe_events";

@@ -7,7 +7,7 @@
 
 use super::event::StripeEvent;
 use super::{credits, dunning, subscription_sync};
-use crate::http::AppState;
+use crate::state::AppState;
 use crate::stripe::GatewayError;
 use billing_model::CustomerId;
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! refunded instead), a refund revokes its share, a lost dispute ends the grant.
 
 use super::apply::ApplyError;
-use crate::http::AppState;
+use crate::state::AppState;
 use crate::stripe::GatewayError;
 use billing_model::{CustomerId, PlanId};
 use serde_json::Value;

@@ -4,7 +4,7 @@
 
 use super::apply::ApplyError;
 use super::event::PaymentOutcome;
-use crate::http::AppState;
+use crate::state::AppState;
 use crate::stripe::GatewayError;
 use serde_json::Value;
 use sqlx::{Postgres, Transaction};

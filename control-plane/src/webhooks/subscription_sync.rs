@@ -4,7 +4,7 @@
 //! credits a switch to fixed fee expires, and the transition's metrics and notifications.
 
 use super::apply::ApplyError;
-use crate::http::AppState;
+use crate::state::AppState;
 use crate::stripe::GatewayError;
 use billing_model::{CustomerId, PlanId};
 use sqlx::{Postgres, Transaction};

@@ -2,7 +2,7 @@
 //! that marks it applied; an event whose effect cannot be applied yet (Stripe unreachable
 //! or refusing) stays pending and is retried with backoff while the events behind it go on.
 
-use crate::http::AppState;
+use crate::state::AppState;
 use std::time::Duration;
 
 /// Applies pending events until `stop` fires; wakes on new events and every second.

@@ -10,6 +10,7 @@ mod helpers;
 mod intents;
 mod internal;
 mod journeys;
+mod layering;
 mod lifecycle;
 mod notifications;
 mod period_endings;
