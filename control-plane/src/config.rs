@@ -91,7 +91,7 @@ pub struct ControlPlaneSettings {
     pub stripe_reconcile_interval_seconds: u64,
     /// Outbound notifications to the ticket app (none when absent).
     #[serde(default)]
-    pub notifications: Option<crate::notifications::NotificationSettings>,
+    pub notifications: Option<NotificationSettings>,
     /// The billing API's limits, CORS and timeouts.
     #[serde(default)]
     pub http: HttpSettings,
@@ -184,4 +184,27 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         load_config(path)
     }
+}
+
+/// Where notifications go (`[control_plane.notifications]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationSettings {
+    /// The ticket app's endpoint.
+    pub url: String,
+    /// HMAC key of `Tollgate-Signature`.
+    pub secret: SecretString,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Longest wait between two attempts, in seconds.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_seconds: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    5000
+}
+
+fn default_max_backoff() -> u64 {
+    3600
 }

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod notifications;
 pub mod overage;
+pub mod signature;
 pub mod startup;
 pub mod state;
 pub mod stripe;

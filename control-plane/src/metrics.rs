@@ -255,6 +255,8 @@ impl Metrics {
         &self,
         plans: &[&str],
         stripe_operations: &[&str],
+        webhook_types: &[&str],
+        refund_reasons: &[&str],
         gateway: Option<&prometheus::HistogramVec>,
     ) {
         for outcome in ["inserted", "duplicate"] {
@@ -263,7 +265,7 @@ impl Metrics {
         for direction in ["redis_behind", "redis_ahead"] {
             self.counter_drift_units.with_label_values(&[direction]);
         }
-        for kind in crate::webhooks::event::HANDLED {
+        for kind in webhook_types {
             for outcome in ["received", "duplicate", "applied", "ignored"] {
                 self.webhook_events.with_label_values(&[kind, outcome, ""]);
             }
@@ -283,9 +285,8 @@ impl Metrics {
         for outcome in ["failed", "recovered"] {
             self.payments.with_label_values(&[outcome]);
         }
-        for reason in crate::stripe::RefundReason::ALL {
-            self.purchases_refunded
-                .with_label_values(&[reason.as_str()]);
+        for reason in refund_reasons {
+            self.purchases_refunded.with_label_values(&[reason]);
         }
         for outcome in ["delivered", "failed"] {
             self.notifications.with_label_values(&[outcome]);

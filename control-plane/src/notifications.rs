@@ -10,35 +10,12 @@
 //! makes each threshold fire once per period (or per credit balance) and each payment
 //! event once per invoice.
 
+pub use crate::config::NotificationSettings;
 use crate::state::AppState;
 use billing_model::{BillingModel, EntitlementSnapshot};
-use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use std::time::Duration;
-
-/// Where notifications go (`[control_plane.notifications]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotificationSettings {
-    /// The ticket app's endpoint.
-    pub url: String,
-    /// HMAC key of `Tollgate-Signature`.
-    pub secret: SecretString,
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Longest wait between two attempts, in seconds.
-    #[serde(default = "default_max_backoff")]
-    pub max_backoff_seconds: u64,
-}
-
-fn default_timeout_ms() -> u64 {
-    5000
-}
-
-fn default_max_backoff() -> u64 {
-    3600
-}
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,7 +209,7 @@ pub async fn deliver_due(
     for row in &due {
         let body = serde_json::to_vec(&row.payload)?;
         let t = time::OffsetDateTime::now_utc().unix_timestamp();
-        let signature = crate::webhooks::signature::sign(&body, settings.secret.expose_secret(), t);
+        let signature = crate::signature::sign(&body, settings.secret.expose_secret(), t);
         let outcome = client
             .post(&settings.url)
             .header("content-type", "application/json")

@@ -79,10 +79,12 @@ impl Application {
         metrics.preset(
             &plan_ids,
             crate::stripe::OPERATIONS,
+            crate::webhooks::event::HANDLED,
+            &crate::stripe::RefundReason::ALL.map(|r| r.as_str()),
             stripe.as_ref().map(|g| &g.api_seconds),
         );
         let webhooks = config.stripe.as_ref().map(|s| {
-            Arc::new(crate::webhooks::WebhookSettings {
+            Arc::new(crate::state::WebhookSettings {
                 secrets: s.webhook_secrets.clone(),
                 tolerance_seconds: s.webhook_tolerance_seconds,
                 grace: time::Duration::days(i64::from(config.control_plane.payment_grace_days)),

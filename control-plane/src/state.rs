@@ -24,11 +24,11 @@ pub struct AppState {
     /// Stripe, when configured.
     pub stripe: Option<Arc<crate::stripe::StripeGateway>>,
     /// Stripe webhook verification and the inbox worker's wake-up, when configured.
-    pub webhooks: Option<Arc<crate::webhooks::WebhookSettings>>,
+    pub webhooks: Option<Arc<WebhookSettings>>,
     /// Per-customer request budget of the billing API.
     pub rate_limit: Arc<RateLimit>,
     /// Outbound notifications to the ticket app, when configured.
-    pub notifications: Option<Arc<crate::notifications::NotificationSettings>>,
+    pub notifications: Option<Arc<crate::config::NotificationSettings>>,
 }
 
 /// Per-customer rate limiting (GCRA, in memory per replica).
@@ -42,4 +42,12 @@ pub fn rate_limit(settings: &HttpSettings) -> Arc<RateLimit> {
     Arc::new(governor::RateLimiter::keyed(
         governor::Quota::per_minute(per_minute).allow_burst(burst),
     ))
+}
+
+/// What the webhook endpoint and worker need.
+pub struct WebhookSettings {
+    pub secrets: Vec<secrecy::SecretString>,
+    pub tolerance_seconds: u64,
+    pub grace: time::Duration,
+    pub wake: tokio::sync::Notify,
 }

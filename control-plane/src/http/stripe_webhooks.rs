@@ -3,7 +3,7 @@
 
 use super::AppState;
 use super::error::ApiError;
-use crate::webhooks::signature;
+use crate::signature;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;

@@ -7,17 +7,10 @@ mod apply;
 mod credits;
 mod dunning;
 pub mod event;
-pub mod signature;
+/// Verification of deliveries (shared with the signing of outbound notifications).
+pub use crate::signature;
 mod subscription_sync;
 mod worker;
 
 pub use subscription_sync::sync_subscription_now;
 pub use worker::{apply_next, run_worker};
-
-/// What the webhook endpoint and worker need.
-pub struct WebhookSettings {
-    pub secrets: Vec<secrecy::SecretString>,
-    pub tolerance_seconds: u64,
-    pub grace: time::Duration,
-    pub wake: tokio::sync::Notify,
-}

@@ -1,6 +1,7 @@
 //! Stripe webhook signatures: `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`, the
 //! hex HMAC-SHA256 of `"<t>.<raw body>"` with the endpoint secret. Any `v1` matching any
-//! configured secret is accepted (several during a secret rotation).
+//! configured secret is accepted (several during a secret rotation). tollgate signs its
+//! own notifications to the ticket app the same way.
 
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
