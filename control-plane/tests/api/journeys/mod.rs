@@ -51,6 +51,11 @@ async fn random_journeys_bill_what_the_pricing_rules_say_to_the_cent() {
                 * 1_000
         });
     eprintln!("journeys: {count} from seed {first_seed}");
+    // The app's warnings and errors go with a failure's report (captured per test).
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .try_init();
     let app = spawn_app_with_stripe_webhooks_and(|c| {
         c.control_plane.database_max_connections = 20;
         // Journeys poll the billing API; the per-customer limit is not under test here.
@@ -477,24 +482,8 @@ impl<'a> Journey<'a> {
             Step::UseCredits(n) => {
                 let mut admitted = 0;
                 for _ in 0..n {
-                    let r = self
-                        .app
-                        .http
-                        .post(self.app.url("/api/v1/billing/usage/record"))
-                        .bearer_auth(&self.app.service_token)
-                        .json(&json!({"customer_id": self.customer, "usage_type": "agent_interaction"}))
-                        .send()
-                        .await
-                        .unwrap();
-                    if r.status().is_success() {
+                    if self.record_one_ticket().await {
                         admitted += 1;
-                    } else {
-                        let status = r.status();
-                        assert!(
-                            status.is_client_error() && status != 429,
-                            "a refusal, not {status}: {}",
-                            r.text().await.unwrap()
-                        );
                     }
                 }
                 let expected = self.model.use_credits(n);
@@ -502,6 +491,40 @@ impl<'a> Journey<'a> {
             }
             Step::Refund { full } => self.refund(full).await,
         }
+    }
+
+    /// One ticket reported to the ledger directly; whether it was admitted. A 503 means
+    /// nothing was recorded and asks for a retry with the same event id, which a client
+    /// does (the machine may be saturated; the answer must still be exact).
+    async fn record_one_ticket(&self) -> bool {
+        let event = uuid::Uuid::now_v7();
+        for attempt in 1.. {
+            let r = self
+                .app
+                .http
+                .post(self.app.url("/api/v1/billing/usage/record"))
+                .bearer_auth(&self.app.service_token)
+                .json(&json!({"event_id": event, "customer_id": self.customer,
+                    "usage_type": "agent_interaction"}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            if status.is_success() {
+                return true;
+            }
+            let body = r.text().await.unwrap();
+            if status == 503 && attempt < 10 {
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                continue;
+            }
+            assert!(
+                status.is_client_error() && status != 429,
+                "a refusal, not {status}: {body}"
+            );
+            return false;
+        }
+        unreachable!("the loop returns")
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> reqwest::Response {

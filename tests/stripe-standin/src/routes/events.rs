@@ -5,9 +5,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::Value;
 
-use super::{created_filter, page};
+use super::{created_filter, select};
 use crate::errors::{ApiError, ApiResult};
-use crate::{App, StripeRequest};
+use crate::{App, StripeRequest, objects};
 
 pub fn router() -> Router<App> {
     Router::new()
@@ -49,14 +49,24 @@ async fn list(State(app): State<App>, req: StripeRequest) -> ApiResult<Json<Valu
         None => kind == pattern,
     };
     app.run(&req.info, |store| {
+        // Events are the largest collection (reconciliation pages through all of a
+        // window): page over indices and render only the page.
         let rows = store
             .events
             .iter()
-            .filter(|e| p.str("type").is_none_or(|t| matches(&e.kind, t)))
-            .filter(|e| types.is_empty() || types.iter().any(|t| matches(&e.kind, t)))
-            .filter(|e| created(e.created))
-            .map(|e| (e.seq, e.id.clone(), e.json.clone()))
+            .enumerate()
+            .filter(|(_, e)| p.str("type").is_none_or(|t| matches(&e.kind, t)))
+            .filter(|(_, e)| types.is_empty() || types.iter().any(|t| matches(&e.kind, t)))
+            .filter(|(_, e)| created(e.created))
+            .map(|(i, e)| (e.seq, e.id.clone(), i))
             .collect();
-        Ok(Json(page(store, rows, p, "/v1/events")?))
+        let (slice, has_more) = select(rows, p)?;
+        let data = slice
+            .into_iter()
+            .map(|i| store.events[i].json.clone())
+            .collect();
+        let mut list = objects::list(data, "/v1/events", has_more);
+        objects::expand(store, &mut list, &p.expand());
+        Ok(Json(list))
     })
 }

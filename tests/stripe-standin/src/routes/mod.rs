@@ -50,12 +50,20 @@ pub(crate) type Row = (u64, String, Value);
 
 /// A Stripe list page: newest first, `limit` (1–100, default 10), `starting_after`,
 /// `ending_before`, and `expand[]=data.x` applied to each entry.
-pub(crate) fn page(
-    store: &Store,
-    mut rows: Vec<Row>,
+pub(crate) fn page(store: &Store, rows: Vec<Row>, params: &Params, url: &str) -> ApiResult<Value> {
+    let (slice, has_more) = select(rows, params)?;
+    let mut list = objects::list(slice, url, has_more);
+    objects::expand(store, &mut list, &params.expand());
+    Ok(list)
+}
+
+/// The entries of one page of `rows` (ordering number, id, entry) and whether more
+/// follow. Generic over the entry so a large collection can page over cheap handles and
+/// render only the page it answers ([`page`] renders everything first).
+pub(crate) fn select<T>(
+    mut rows: Vec<(u64, String, T)>,
     params: &Params,
-    url: &str,
-) -> ApiResult<Value> {
+) -> ApiResult<(Vec<T>, bool)> {
     rows.sort_by_key(|r| std::cmp::Reverse(r.0));
     let limit = params.u64("limit")?.unwrap_or(10).clamp(1, 100) as usize;
     let (slice, has_more) = if let Some(after) = params.str("starting_after") {
@@ -63,7 +71,7 @@ pub(crate) fn page(
             .iter()
             .position(|r| r.1 == after)
             .ok_or_else(|| ApiError::missing_resource("object", after, "starting_after"))?;
-        let rest: Vec<Row> = rows.into_iter().skip(pos + 1).collect();
+        let rest: Vec<_> = rows.into_iter().skip(pos + 1).collect();
         let more = rest.len() > limit;
         (rest.into_iter().take(limit).collect::<Vec<_>>(), more)
     } else if let Some(before) = params.str("ending_before") {
@@ -71,7 +79,7 @@ pub(crate) fn page(
             .iter()
             .position(|r| r.1 == before)
             .ok_or_else(|| ApiError::missing_resource("object", before, "ending_before"))?;
-        let head: Vec<Row> = rows.into_iter().take(pos).collect();
+        let head: Vec<_> = rows.into_iter().take(pos).collect();
         let more = head.len() > limit;
         let skip = head.len().saturating_sub(limit);
         (head.into_iter().skip(skip).collect(), more)
@@ -79,9 +87,7 @@ pub(crate) fn page(
         let more = rows.len() > limit;
         (rows.into_iter().take(limit).collect(), more)
     };
-    let mut list = objects::list(slice.into_iter().map(|r| r.2).collect(), url, has_more);
-    objects::expand(store, &mut list, &params.expand());
-    Ok(list)
+    Ok((slice.into_iter().map(|r| r.2).collect(), has_more))
 }
 
 /// A `created` filter: `created=T` or `created[gt|gte|lt|lte]=T`.
