@@ -210,6 +210,15 @@ async fn subscribe_fixed(
             ),
         });
     }
+    // A double click whose twin finished first (subscription stored, then its intent
+    // finished) gets a new intent: the customer is subscribed by now.
+    if !intent.replay && current_fixed(state, customer.as_str()).await?.is_some() {
+        crate::intents::finish(&state.pool, &intent, crate::intents::Outcome::Failed).await?;
+        return Err(ApiError::Conflict {
+            code: "already_subscribed",
+            message: "change the existing subscription with PATCH /subscriptions".into(),
+        });
+    }
     let metadata = HashMap::from([
         ("tollgate_customer_id".to_owned(), customer.to_string()),
         ("tollgate_plan".to_owned(), target.id().to_string()),
@@ -234,8 +243,10 @@ async fn subscribe_fixed(
         }
     };
     crate::intents::attach(&state.pool, &intent, &sub).await?;
-    crate::intents::finish(&state.pool, &intent, crate::intents::Outcome::Completed).await?;
+    // Stored before the intent finishes, so an identical request that misses this
+    // intent (it finished) sees the subscription instead.
     crate::webhooks::sync_subscription_now(state, &sub).await?;
+    crate::intents::finish(&state.pool, &intent, crate::intents::Outcome::Completed).await?;
     Ok(())
 }
 
