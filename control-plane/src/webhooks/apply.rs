@@ -82,16 +82,23 @@ pub(super) async fn apply(
     }
 }
 
+/// Stripe, which every event needs (events are only received with Stripe configured).
+pub(super) fn gateway(state: &AppState) -> Result<&crate::stripe::StripeGateway, ApplyError> {
+    state
+        .stripe
+        .as_deref()
+        .ok_or(ApplyError::Stripe(GatewayError::Incomplete(
+            "stripe settings",
+        )))
+}
+
 /// A renewal draft gets the ended period's overage while it is open.
 async fn bill_renewal_draft(
     state: &AppState,
     tx: &mut Transaction<'_, Postgres>,
     invoice: &Value,
 ) -> Result<Option<CustomerId>, ApplyError> {
-    let gateway = state
-        .stripe
-        .as_ref()
-        .ok_or(GatewayError::Incomplete("stripe settings"))?;
+    let gateway = gateway(state)?;
     match crate::overage::bill_renewal_draft(tx, gateway, &state.catalog, invoice).await {
         Ok(Some(charge)) => {
             state

@@ -113,10 +113,7 @@ async fn refund_pack_on_fixed_fee(
     amount: billing_model::Money,
     unit_price: billing_model::Money,
 ) -> Result<Option<CustomerId>, ApplyError> {
-    let gateway = state
-        .stripe
-        .as_ref()
-        .ok_or(GatewayError::Incomplete("stripe settings"))?;
+    let gateway = super::apply::gateway(state)?;
     let Some(intent) = session["payment_intent"].as_str() else {
         return Err(GatewayError::Incomplete("payment_intent").into());
     };

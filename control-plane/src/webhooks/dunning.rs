@@ -5,7 +5,6 @@
 use super::apply::ApplyError;
 use super::event::PaymentOutcome;
 use crate::state::AppState;
-use crate::stripe::GatewayError;
 use serde_json::Value;
 use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
@@ -28,10 +27,7 @@ pub(super) async fn record_payment(
     let Some(invoice_id) = event_invoice["id"].as_str() else {
         return Ok(());
     };
-    let gateway = state
-        .stripe
-        .as_ref()
-        .ok_or(GatewayError::Incomplete("stripe settings"))?;
+    let gateway = super::apply::gateway(state)?;
     let invoice = gateway.retrieve_invoice(invoice_id).await?;
     let paid = invoice
         .status

@@ -5,7 +5,6 @@
 
 use super::apply::ApplyError;
 use crate::state::AppState;
-use crate::stripe::GatewayError;
 use billing_model::{CustomerId, PlanId};
 use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
@@ -31,10 +30,7 @@ pub(super) async fn sync_subscription(
     tx: &mut Transaction<'_, Postgres>,
     subscription_id: &str,
 ) -> Result<Option<CustomerId>, ApplyError> {
-    let gateway = state
-        .stripe
-        .as_ref()
-        .ok_or(GatewayError::Incomplete("stripe settings"))?;
+    let gateway = super::apply::gateway(state)?;
     // When this view of Stripe was taken (ms): two concurrent syncs (a webhook and an API
     // call) may finish in either order; the store keeps the one that fetched last.
     let fetched_at = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;

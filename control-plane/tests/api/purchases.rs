@@ -279,6 +279,14 @@ async fn switching_to_credits_before_the_renewal_is_collected_credits_nothing() 
     assert_eq!(grants, 0);
 }
 
+fn premium(app: &TestApp) -> billing_model::Plan {
+    app.state
+        .catalog
+        .get(&billing_model::PlanId::parse("premium").unwrap())
+        .unwrap()
+        .clone()
+}
+
 /// Cancels `sub` on the stand-in as a request would (DELETE, with `form`).
 async fn stripe_cancel(app: &TestApp, sub: &str, form: &[(&str, &str)]) {
     let base = &app.stripe.as_ref().unwrap().url;
@@ -298,12 +306,7 @@ async fn a_switch_to_credits_cut_off_after_stripe_cancelled_still_grants_the_unu
     let app = spawn_app_with_stripe_webhooks().await;
     app.sync_catalog().await;
     let sub = app.subscribe_via_checkout("cutoff", "premium").await;
-    let premium = app
-        .state
-        .catalog
-        .get(&billing_model::PlanId::parse("premium").unwrap())
-        .unwrap()
-        .clone();
+    let premium = premium(&app);
     let customer = billing_model::CustomerId::parse("cutoff").unwrap();
     // The request recorded its intent and Stripe cancelled, then the process died before
     // anything else was written: only the cancellation's webhook is left to finish it.
@@ -362,12 +365,7 @@ async fn a_switch_to_credits_that_never_reached_stripe_grants_nothing_when_the_c
     let app = spawn_app_with_stripe_webhooks().await;
     app.sync_catalog().await;
     let sub = app.subscribe_via_checkout("changed-mind", "premium").await;
-    let premium = app
-        .state
-        .catalog
-        .get(&billing_model::PlanId::parse("premium").unwrap())
-        .unwrap()
-        .clone();
+    let premium = premium(&app);
     // The intent was recorded, then the request died before Stripe was asked.
     tollgate_control_plane::switches::record(
         &app.pool,

@@ -821,18 +821,22 @@ impl<'a> Journey<'a> {
             ),
         )
         .await;
-        let intent = self
-            .app
-            .stripe_get(&format!("/v1/checkout/sessions/{session}"))
-            .await["payment_intent"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let intent = self.payment_intent(&session).await;
         // Paid and given back whole; the customer stays on the fixed fee.
         let price = units * credit_tier.rate();
         self.model.pack_payments.push(price);
         self.pack_refunds.push((intent, price));
         self.stats.refunds += 1;
+    }
+
+    /// The payment intent that paid a Checkout Session.
+    async fn payment_intent(&self, session: &str) -> String {
+        self.app
+            .stripe_get(&format!("/v1/checkout/sessions/{session}"))
+            .await["payment_intent"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     async fn buy_pack(&mut self, units: i64) {
@@ -849,13 +853,7 @@ impl<'a> Journey<'a> {
             ),
         )
         .await;
-        let intent = self
-            .app
-            .stripe_get(&format!("/v1/checkout/sessions/{session}"))
-            .await["payment_intent"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let intent = self.payment_intent(&session).await;
         let index = self.model.buy_pack(units);
         let price = *self.model.pack_payments.last().unwrap();
         let paid = self
