@@ -92,6 +92,11 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            // An exhausted pool or an unreachable database is ours and passes: the client
+            // should retry, not treat its request as wrong or broken.
+            ApiError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
             ApiError::Database(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }
@@ -164,11 +169,44 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if let ApiError::RateLimited(seconds) = self {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn problem(e: ApiError) -> (StatusCode, Option<HeaderValue>, serde_json::Value) {
+        let response = e.into_response();
+        let status = response.status();
+        let retry = response.headers().get(header::RETRY_AFTER).cloned();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, retry, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_exhausted_database_pool_is_a_retryable_503_not_a_500() {
+        let (status, retry, body) = problem(ApiError::Database(sqlx::Error::PoolTimedOut)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["code"], "database_unavailable");
+        assert_eq!(retry.unwrap(), "1");
+        // A query that is wrong is ours and stays a 500 without detail.
+        let (status, retry, body) = problem(ApiError::Database(sqlx::Error::RowNotFound)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["code"], "internal_error");
+        assert!(body.get("detail").is_none() && retry.is_none());
     }
 }

@@ -6,13 +6,14 @@
 //! within its allowance). This job compares, for periods that ended in the last
 //! [`LOOKBACK_DAYS`], the overage the ledger holds now with what the parts billed, and
 //! bills the difference as the next part: on the subscription's next invoice while it
-//! lives, else on an invoice of its own, charged at once. Each part has its own
-//! idempotency key and row, so reruns and crashes bill it once.
+//! lives, else on an invoice of its own, charged at once. Each part is recorded before
+//! it is billed and has its own idempotency key ([`crate::overage::part`]), so reruns
+//! and crashes bill it once; a part any path left pending is billed here first.
 
+use crate::overage::part::{self, BillTo, Kind, Part, PeriodState, lock_period};
 use crate::state::AppState;
-use crate::stripe::ItemTarget;
 use billing_model::{PlanId, overage_units};
-use std::collections::HashMap;
+use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 
 /// How far back ended periods are trued up (beyond it, late usage is a reconciliation
@@ -90,12 +91,67 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<TrueUpReport> {
     Ok(report)
 }
 
-/// Bills what the period's ledger usage adds to its parts; `(units, cents)` billed.
+/// Bills what the period's ledger usage adds to its parts, or first a part an earlier
+/// attempt left pending; `(units, cents)` billed.
 async fn true_up(
     state: &AppState,
     gateway: &crate::stripe::StripeGateway,
     period: &BilledPeriod,
 ) -> anyhow::Result<Option<(u64, i64)>> {
+    let mut tx = state.pool.begin().await?;
+    // The same lock as the renewal and final paths: one decider per period at a time.
+    let part = match lock_period(&mut tx, &period.customer_id, period.billing_period_start).await? {
+        PeriodState::Unbilled => return Ok(None),
+        PeriodState::Pending(part) => {
+            // Its attempt may still be running; once it is old, nothing is.
+            if part.decided_at > OffsetDateTime::now_utc() - part::STALE_AFTER {
+                return Ok(None);
+            }
+            *part
+        }
+        PeriodState::Billed { units, last_part } => {
+            match next_part(state, &mut tx, period, units, last_part).await? {
+                Some(part) => {
+                    part::record_pending(&mut tx, &part).await?;
+                    part
+                }
+                None => return Ok(None),
+            }
+        }
+    };
+    tx.commit().await?;
+    let stripe_customer: Option<String> =
+        sqlx::query_scalar("SELECT stripe_customer_id FROM customers WHERE customer_id = $1")
+            .bind(&part.customer)
+            .fetch_optional(&state.pool)
+            .await?
+            .flatten();
+    let Some(stripe_customer) = stripe_customer else {
+        anyhow::bail!("the customer has no Stripe customer");
+    };
+    if part::bill(&state.pool, gateway, &stripe_customer, &part)
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    state.metrics.overage_units_billed.inc_by(part.units);
+    state
+        .metrics
+        .overage_billed_cents
+        .inc_by(u64::try_from(part.amount.to_cents()).unwrap_or(0));
+    Ok(Some((part.units, part.amount.to_cents())))
+}
+
+/// The part that bills what the ledger holds beyond the `billed` units; `None` when
+/// nothing is due.
+async fn next_part(
+    state: &AppState,
+    tx: &mut Transaction<'_, Postgres>,
+    period: &BilledPeriod,
+    billed: u64,
+    last_part: i32,
+) -> anyhow::Result<Option<Part>> {
     let Some(plan) = PlanId::parse(&period.plan_type)
         .ok()
         .and_then(|p| state.catalog.get(&p))
@@ -105,21 +161,6 @@ async fn true_up(
     let Some(rate) = plan.overage_rate() else {
         return Ok(None);
     };
-    let mut tx = state.pool.begin().await?;
-    // The same lock as the renewal and final paths: one biller per period at a time.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2::text, 0))")
-        .bind(&period.customer_id)
-        .bind(period.billing_period_start.unix_timestamp().to_string())
-        .execute(&mut *tx)
-        .await?;
-    let (billed, last_part): (i64, i32) = sqlx::query_as(
-        "SELECT COALESCE(SUM(units), 0)::BIGINT, COALESCE(MAX(part), 0) FROM overage_charges
-         WHERE customer_id = $1 AND billing_period_start = $2",
-    )
-    .bind(&period.customer_id)
-    .bind(period.billing_period_start)
-    .fetch_one(&mut *tx)
-    .await?;
     let used: i64 = sqlx::query_scalar(
         "SELECT (COALESCE((SELECT SUM(quantity) FROM usage_records
                            WHERE customer_id = $1 AND billing_period_start = $2), 0)
@@ -128,10 +169,9 @@ async fn true_up(
     )
     .bind(&period.customer_id)
     .bind(period.billing_period_start)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut **tx)
     .await?;
     let due = overage_units(plan.included_units(), u64::try_from(used).unwrap_or(0));
-    let billed = u64::try_from(billed).unwrap_or(0);
     if due <= billed {
         return Ok(None);
     }
@@ -139,118 +179,38 @@ async fn true_up(
     let amount = rate
         .checked_mul_units(units)
         .ok_or_else(|| anyhow::anyhow!("true-up amount overflows"))?;
-    let part = last_part.max(period.last_part) + 1;
-    let stripe_customer: Option<String> =
-        sqlx::query_scalar("SELECT stripe_customer_id FROM customers WHERE customer_id = $1")
-            .bind(&period.customer_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .flatten();
-    let Some(stripe_customer) = stripe_customer else {
-        return Ok(None);
-    };
     let latest: Option<(String, String, bool)> = sqlx::query_as(
         "SELECT stripe_subscription_id, status, cancel_at_period_end FROM subscriptions
          WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
          ORDER BY created_at DESC LIMIT 1",
     )
     .bind(&period.customer_id)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut **tx)
     .await?;
-    // A next invoice only comes for a subscription that lives on past its period.
-    let live = latest
-        .as_ref()
-        .filter(|(_, status, ending)| crate::stripe::is_live(status) && !ending)
-        .map(|(id, ..)| id.clone());
-    let start = period.billing_period_start.unix_timestamp().to_string();
-    let part_text = part.to_string();
-    let key = [
-        "overage_trueup",
-        period.customer_id.as_str(),
-        start.as_str(),
-        part_text.as_str(),
-    ];
-    let description = format!(
-        "Late usage: {units} tickets × ${rate} of the period that began {}",
-        period.billing_period_start.date()
-    );
-    let metadata = HashMap::from([
-        (
-            "tollgate_customer_id".to_owned(),
-            period.customer_id.clone(),
-        ),
-        ("tollgate_period_start".to_owned(), start.clone()),
-        ("tollgate_overage_units".to_owned(), units.to_string()),
-        ("tollgate_overage_part".to_owned(), part_text.clone()),
-    ]);
-    let (billed_on, item) = match &live {
-        Some(subscription) => {
-            let item = gateway
-                .add_invoice_item(
-                    &stripe_customer,
-                    ItemTarget::NextInvoice(subscription),
-                    amount.to_cents(),
-                    &description,
-                    metadata,
-                    &key,
-                )
-                .await?;
-            (format!("next:{subscription}"), item)
+    // A next invoice only comes for a subscription that lives on past its period; else
+    // an invoice of its own, paid with the last subscription's card.
+    let bill_to = match latest {
+        Some((id, status, ending)) if crate::stripe::is_live(&status) && !ending => {
+            BillTo::NextInvoice(id)
         }
-        None => {
-            // The card of a Checkout subscription is on the subscription, not the customer.
-            let payment_method = match &latest {
-                Some((subscription, ..)) => {
-                    gateway.subscription_payment_method(subscription).await?
-                }
-                None => None,
-            };
-            let invoice = gateway
-                .open_standalone_invoice(
-                    &stripe_customer,
-                    payment_method.as_deref(),
-                    None,
-                    &description,
-                    metadata.clone(),
-                    &key,
-                )
-                .await?;
-            let item = gateway
-                .add_invoice_item(
-                    &stripe_customer,
-                    ItemTarget::Draft(&invoice),
-                    amount.to_cents(),
-                    &description,
-                    metadata,
-                    &key,
-                )
-                .await?;
-            gateway.finalize_and_pay(&invoice, &key).await?;
-            (invoice, item)
-        }
+        Some((id, ..)) => BillTo::OwnInvoice(Some(id)),
+        None => BillTo::OwnInvoice(None),
     };
-    sqlx::query(
-        "INSERT INTO overage_charges (customer_id, billing_period_start, billing_period_end,
-             plan_type, units, unit_rate, amount, stripe_invoice_id, stripe_invoice_item_id, part)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(&period.customer_id)
-    .bind(period.billing_period_start)
-    .bind(period.billing_period_end)
-    .bind(plan.id().as_str())
-    .bind(i64::try_from(units)?)
-    .bind(rate.as_decimal())
-    .bind(amount.as_decimal())
-    .bind(&billed_on)
-    .bind(&item)
-    .bind(part)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    state.metrics.overage_units_billed.inc_by(units);
-    state
-        .metrics
-        .overage_billed_cents
-        .inc_by(u64::try_from(amount.to_cents()).unwrap_or(0));
-    Ok(Some((units, amount.to_cents())))
+    Ok(Some(Part {
+        customer: period.customer_id.clone(),
+        period_start: period.billing_period_start,
+        period_end: period.billing_period_end,
+        part: last_part.max(period.last_part) + 1,
+        kind: Kind::TrueUp,
+        plan: plan.id().to_string(),
+        units,
+        rate,
+        amount,
+        bill_to,
+        description: format!(
+            "Late usage: {units} tickets × ${rate} of the period that began {}",
+            period.billing_period_start.date()
+        ),
+        decided_at: OffsetDateTime::now_utc(),
+    }))
 }

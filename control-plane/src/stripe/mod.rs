@@ -41,6 +41,27 @@ impl GatewayError {
             GatewayError::Stripe(stripe::StripeError::Stripe(_, 402))
         )
     }
+
+    /// Another request with the same idempotency key is still running (HTTP 409
+    /// `idempotency_error`): it will have the answer.
+    pub fn is_key_in_use(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::Stripe(stripe::StripeError::Stripe(e, 409))
+                if e.type_ == stripe_shared::ApiErrorsType::IdempotencyError
+        )
+    }
+
+    /// Stripe refused the request as invalid for the object's state (HTTP 400
+    /// `invalid_request_error`): nothing was done, so another request may be made
+    /// instead. (An `idempotency_error` is not one: its key may have done something.)
+    pub fn is_invalid_request(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::Stripe(stripe::StripeError::Stripe(e, 400))
+                if e.type_ == stripe_shared::ApiErrorsType::InvalidRequestError
+        )
+    }
 }
 
 /// A price as tollgate uses it.
@@ -895,11 +916,7 @@ impl StripeGateway {
 
     /// An invoice's status now (`draft`, `open`, `paid`, ...).
     pub async fn invoice_status(&self, invoice: &str) -> Result<Option<String>, GatewayError> {
-        use stripe_billing::invoice::RetrieveInvoice;
-        let invoice = RetrieveInvoice::new(invoice)
-            .send(&self.client)
-            .timed(&self.api_seconds, "retrieve_invoice")
-            .await?;
+        let invoice = self.retrieve_invoice(invoice).await?;
         Ok(invoice.status.map(|s| s.as_str().to_owned()))
     }
 }

@@ -73,7 +73,7 @@ pub(super) async fn apply(
             dunning::record_payment(state, tx, outcome, subscription, invoice, created).await?;
             Ok(customer)
         }
-        StripeEvent::InvoiceCreated { invoice } => bill_renewal_draft(state, tx, invoice).await,
+        StripeEvent::InvoiceCreated { invoice } => bill_renewal_draft(state, invoice).await,
         StripeEvent::ChargeRefunded { charge } => {
             credits::revoke_refunded_credits(tx, charge).await
         }
@@ -93,13 +93,13 @@ pub(super) fn gateway(state: &AppState) -> Result<&crate::stripe::StripeGateway,
 }
 
 /// A renewal draft gets the ended period's overage while it is open.
+/// (The overage part commits on its own before Stripe is called: see `overage::part`.)
 async fn bill_renewal_draft(
     state: &AppState,
-    tx: &mut Transaction<'_, Postgres>,
     invoice: &Value,
 ) -> Result<Option<CustomerId>, ApplyError> {
     let gateway = gateway(state)?;
-    match crate::overage::bill_renewal_draft(tx, gateway, &state.catalog, invoice).await {
+    match crate::overage::bill_renewal_draft(&state.pool, gateway, &state.catalog, invoice).await {
         Ok(Some(charge)) => {
             state
                 .metrics

@@ -170,12 +170,10 @@ pub(super) async fn sync_subscription(
         && let (Some(start), Some(end)) = (period_start, period_end)
         && let Some(paid_plan) = state.catalog.get(&plan)
     {
-        let payment_method = sub
-            .default_payment_method
-            .as_ref()
-            .map(|pm| pm.id().as_str().to_owned());
+        // The part is committed on its own before Stripe is called (see
+        // `overage::part`), so it is not lost if this event's transaction rolls back.
         match crate::overage::bill_ended_subscription(
-            tx,
+            &state.pool,
             gateway,
             paid_plan,
             &customer,
@@ -183,7 +181,6 @@ pub(super) async fn sync_subscription(
             subscription_id,
             start,
             end,
-            payment_method.as_deref(),
         )
         .await
         {

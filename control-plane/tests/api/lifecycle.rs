@@ -327,7 +327,7 @@ async fn overage_of_137_units_on_premium_is_invoiced_once_as_73_63() {
     app.advance(&clock, end.unix_timestamp() + 60).await;
     app.eventually(
         "the overage charge",
-        "SELECT count(*) = 1 FROM overage_charges WHERE customer_id = 'over'",
+        "SELECT count(*) = 1 FROM overage_charges WHERE customer_id = 'over' AND state = 'billed'",
     )
     .await;
     let draft = invoices(&app, &sub)
@@ -346,9 +346,8 @@ async fn overage_of_137_units_on_premium_is_invoiced_once_as_73_63() {
     // Running again bills nothing; a crash after Stripe but before the row (simulated by
     // deleting the row) replays the same invoice item.
     let gateway = app.state.stripe.as_ref().unwrap();
-    let mut tx = app.pool.begin().await.unwrap();
     let rerun = tollgate_control_plane::overage::bill_renewal_draft(
-        &mut tx,
+        &app.pool,
         gateway,
         &app.state.catalog,
         &draft,
@@ -357,11 +356,11 @@ async fn overage_of_137_units_on_premium_is_invoiced_once_as_73_63() {
     .unwrap();
     assert_eq!(rerun, None);
     sqlx::query("DELETE FROM overage_charges WHERE customer_id = 'over'")
-        .execute(&mut *tx)
+        .execute(&app.pool)
         .await
         .unwrap();
     let replay = tollgate_control_plane::overage::bill_renewal_draft(
-        &mut tx,
+        &app.pool,
         gateway,
         &app.state.catalog,
         &draft,
@@ -369,7 +368,6 @@ async fn overage_of_137_units_on_premium_is_invoiced_once_as_73_63() {
     .await
     .unwrap()
     .expect("billed again after the lost row");
-    tx.commit().await.unwrap();
     assert_eq!(replay.invoice_item, item, "Stripe replayed the same item");
     assert_eq!(replay.units, 37);
 
@@ -395,9 +393,8 @@ async fn overage_of_137_units_on_premium_is_invoiced_once_as_73_63() {
     for line in late["lines"]["data"].as_array_mut().unwrap() {
         line["period"]["start"] = json!(next_end.unix_timestamp());
     }
-    let mut tx = app.pool.begin().await.unwrap();
     let charge = tollgate_control_plane::overage::bill_renewal_draft(
-        &mut tx,
+        &app.pool,
         gateway,
         &app.state.catalog,
         &late,
@@ -405,7 +402,6 @@ async fn overage_of_137_units_on_premium_is_invoiced_once_as_73_63() {
     .await
     .unwrap()
     .expect("billed on the next invoice");
-    tx.commit().await.unwrap();
     assert_eq!(charge.billed_on, format!("next:{sub}"));
     let item = app
         .stripe_get(&format!("/v1/invoiceitems/{}", charge.invoice_item))

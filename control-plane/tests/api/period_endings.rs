@@ -66,7 +66,10 @@ async fn premium_with_usage_in(
 async fn charged(app: &TestApp, customer: &str) -> (i64, Decimal, String) {
     app.eventually(
         "the overage charge",
-        &format!("SELECT count(*) = 1 FROM overage_charges WHERE customer_id = '{customer}'"),
+        &format!(
+            "SELECT count(*) = 1 AND bool_and(state = 'billed') FROM overage_charges
+             WHERE customer_id = '{customer}'"
+        ),
     )
     .await;
     sqlx::query_as(
@@ -172,9 +175,8 @@ async fn a_renewal_is_billed_for_its_lines_service_period_not_the_invoice_window
         .await
         .unwrap();
     let gateway = app.state.stripe.as_ref().unwrap();
-    let mut tx = app.pool.begin().await.unwrap();
     let charge = tollgate_control_plane::overage::bill_renewal_draft(
-        &mut tx,
+        &app.pool,
         gateway,
         &app.state.catalog,
         &draft,
@@ -182,7 +184,6 @@ async fn a_renewal_is_billed_for_its_lines_service_period_not_the_invoice_window
     .await
     .unwrap()
     .expect("the ended period is found from the subscription line");
-    tx.rollback().await.unwrap();
     assert_eq!(charge.units, 25);
 }
 
@@ -316,7 +317,7 @@ async fn a_subscription_ended_by_failed_payments_still_bills_its_last_periods_ov
     .await;
     app.eventually(
         "the last period's overage",
-        "SELECT count(*) = 1 FROM overage_charges WHERE customer_id = 'dunned' AND units > 0",
+        "SELECT count(*) = 1 FROM overage_charges WHERE customer_id = 'dunned' AND units > 0 AND state = 'billed'",
     )
     .await;
     let (units, amount, invoice): (i64, Decimal, String) = sqlx::query_as(
@@ -390,4 +391,104 @@ async fn overage_waiting_for_a_next_invoice_is_invoiced_when_the_subscription_en
     let invoice = app.stripe_get(&format!("/v1/invoices/{invoice}")).await;
     assert_eq!(invoice["status"], "paid", "{invoice}");
     assert_eq!(invoice["amount_paid"], 995);
+}
+
+/// Until a row is put in `crash_released`, every write that records an invoice item in
+/// `overage_charges` fails: the control plane "dies" after Stripe created the item and
+/// before PostgreSQL knew of it. `crash_count` counts the failed writes.
+async fn crash_after_stripe_until_released(app: &TestApp) {
+    for statement in [
+        "CREATE SEQUENCE crash_count",
+        "CREATE TABLE crash_released ()",
+        "CREATE FUNCTION crash_after_stripe() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.stripe_invoice_item_id IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM crash_released) THEN
+                 PERFORM nextval('crash_count');
+                 RAISE EXCEPTION 'injected crash after Stripe';
+             END IF;
+             RETURN NEW;
+         END $$",
+        "CREATE TRIGGER crash_after_stripe BEFORE INSERT OR UPDATE ON overage_charges
+         FOR EACH ROW EXECUTE FUNCTION crash_after_stripe()",
+    ] {
+        sqlx::query(statement).execute(&app.pool).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_crash_between_stripe_and_the_ledger_neither_loses_nor_doubles_overage_as_usage_grows() {
+    use tollgate_control_plane::jobs::overage_trueup::run_once;
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    crash_after_stripe_until_released(&app).await;
+    let (clock, start, end) = premium_with_usage_in(&app, "crash", 120).await;
+    app.advance(&clock, end.unix_timestamp() + 60).await;
+    app.eventually(
+        "a crash after Stripe added the renewal's overage",
+        "SELECT is_called FROM crash_count",
+    )
+    .await;
+    // While the event waits for its retry, five more tickets of the ended period reach
+    // the ledger (a proxy's spool). The retry must not send Stripe a different amount
+    // under the item's key (Stripe refuses it: the period would never be recorded and
+    // its late usage never trued up), nor a new key (a second item).
+    app.ingest_usage("crash", 5, &rfc(start), &rfc(end)).await;
+    sqlx::query("INSERT INTO crash_released DEFAULT VALUES")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.eventually(
+        "the renewal's overage recorded",
+        "SELECT count(*) = 1 FROM overage_charges
+         WHERE customer_id = 'crash' AND state = 'billed' AND units = 20",
+    )
+    .await;
+    let report = run_once(&app.state).await.unwrap();
+    assert_eq!((report.units_billed, report.cents_billed), (5, 995));
+
+    // Stripe holds 25 × $1.99 in all, once: 20 on the renewal, 5 for the next invoice.
+    let (draft, item): (String, String) = sqlx::query_as(
+        "SELECT stripe_invoice_id, stripe_invoice_item_id FROM overage_charges
+         WHERE customer_id = 'crash' AND part = 0",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let invoice = app.stripe_get(&format!("/v1/invoices/{draft}")).await;
+    let overage: Vec<&Value> = invoice["lines"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| {
+            l["description"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Overage")
+        })
+        .collect();
+    assert_eq!(overage.len(), 1, "one overage line: {invoice}");
+    assert_eq!(overage[0]["amount"], 3_980);
+    assert_eq!(
+        app.stripe_get(&format!("/v1/invoiceitems/{item}")).await["amount"],
+        3_980
+    );
+    let stripe_customer = invoice["customer"].as_str().unwrap().to_owned();
+    let pending = app
+        .stripe_get(&format!(
+            "/v1/invoiceitems?customer={stripe_customer}&pending=true"
+        ))
+        .await;
+    let amounts: Vec<&Value> = pending["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["amount"])
+        .collect();
+    assert_eq!(amounts, [&json!(995)], "{pending}");
+    let crashes: i64 = sqlx::query_scalar("SELECT last_value FROM crash_count")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(crashes >= 1);
 }

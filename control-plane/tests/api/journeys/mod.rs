@@ -742,7 +742,7 @@ impl<'a> Journey<'a> {
             "the ended period's overage part",
             format!(
                 "SELECT count(*) >= 1 FROM overage_charges WHERE customer_id = '{}'
-                 AND billing_period_end = to_timestamp({})",
+                 AND billing_period_end = to_timestamp({}) AND state = 'billed'",
                 self.customer, f.end
             ),
         )

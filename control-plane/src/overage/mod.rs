@@ -3,10 +3,10 @@
 //! How: when Stripe opens a renewal invoice (`invoice.created`, `billing_reason =
 //! subscription_cycle`, still a draft for about an hour), tollgate adds one invoice item
 //! for the period that just ended: units beyond the plan's included units × the plan's
-//! rate, from the ledger. The item's idempotency key is derived from (customer, period)
-//! and `overage_charges` records it, so running twice or crashing between Stripe and
-//! PostgreSQL still leaves exactly one item; the invoice total then equals the ledger's
-//! figure to the cent.
+//! rate, from the ledger. The part is recorded as pending before Stripe is called and
+//! billed with keys derived from it ([`part`]), so running twice or crashing between
+//! Stripe and PostgreSQL still leaves exactly one item; the invoice total then equals the
+//! ledger's figure to the cent.
 //!
 //! A period can also end without a renewal: the subscription is cancelled (now, or at
 //! the period end), the customer switches to credits or back to Free, or Stripe ends it
@@ -19,10 +19,13 @@
 //! plan's included units and rate to the whole period's usage, as the proxy enforced
 //! it; a downgrade waiting for the period end still bills the plan paid for).
 
-use crate::stripe::{GatewayError, ItemTarget, StripeGateway};
+pub mod part;
+
+use crate::stripe::{GatewayError, StripeGateway};
 use billing_model::{Catalog, Money, PlanId, overage_amount, overage_units};
+use part::{BillTo, Kind, Part, PeriodState};
 use serde_json::Value;
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::HashMap;
 use time::OffsetDateTime;
 
@@ -45,8 +48,8 @@ impl From<stripe::StripeError> for OverageError {
 /// What was billed for one period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverageCharge {
-    /// The draft invoice the item joined, or `next:<subscription>` when the draft had
-    /// been finalized and the item waits for the next invoice.
+    /// The draft invoice the item joined, the invoice of its own, or
+    /// `next:<subscription>` when the item waits for the next invoice.
     pub billed_on: String,
     pub customer_id: String,
     pub plan: String,
@@ -55,11 +58,24 @@ pub struct OverageCharge {
     pub invoice_item: String,
 }
 
+impl OverageCharge {
+    fn of(part: Part, billed: part::Billed) -> Self {
+        OverageCharge {
+            billed_on: billed.billed_on,
+            customer_id: part.customer,
+            plan: part.plan,
+            units: part.units,
+            amount: part.amount,
+            invoice_item: billed.invoice_item,
+        }
+    }
+}
+
 /// Bills the overage of the period a renewal draft closes; `None` when there is nothing
 /// to bill (not a renewal draft, within the allowance, a plan without overage, or billed
-/// already).
+/// already). A part an earlier attempt left pending is billed as it was decided.
 pub async fn bill_renewal_draft(
-    tx: &mut Transaction<'_, Postgres>,
+    pool: &PgPool,
     gateway: &StripeGateway,
     catalog: &Catalog,
     invoice: &Value,
@@ -82,11 +98,12 @@ pub async fn bill_renewal_draft(
     else {
         return Ok(None);
     };
+    let mut tx = pool.begin().await?;
     let Some(customer) = sqlx::query_scalar!(
         "SELECT customer_id FROM subscriptions WHERE stripe_subscription_id = $1",
         subscription
     )
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?
     else {
         return Ok(None);
@@ -102,7 +119,7 @@ pub async fn bill_renewal_draft(
     // The period's start as the ledger knows it; with no usage recorded yet (a usage
     // log shipped late), one anniversary month before its end — not the invoice
     // window, which after a mid-period upgrade starts at the upgrade.
-    let ledger_start = ledger_period_ending(tx, &customer, period_end).await?;
+    let ledger_start = ledger_period_ending(&mut tx, &customer, period_end).await?;
     let Some(period_start) = ledger_start.or_else(|| {
         billing_model::BillingPeriod::nth(period_end, -1)
             .ok()
@@ -110,71 +127,45 @@ pub async fn bill_renewal_draft(
     }) else {
         return Ok(None);
     };
-    let start = period_start.unix_timestamp();
-    if !lock_unbilled_period(tx, &customer, period_start).await? {
-        return Ok(None);
-    }
-    let Some(plan) = period_plan(gateway, catalog, subscription, end).await? else {
-        return Ok(None);
+    let part = match part::lock_period(&mut tx, &customer, period_start).await? {
+        PeriodState::Pending(part) => *part,
+        PeriodState::Billed { .. } => return Ok(None),
+        PeriodState::Unbilled => {
+            let Some(plan) = period_plan(gateway, catalog, subscription, end).await? else {
+                return Ok(None);
+            };
+            let Some(due) = overage_due(&mut tx, plan, &customer, period_start).await? else {
+                record_within_allowance(
+                    &mut tx,
+                    &customer,
+                    period_start,
+                    period_end,
+                    plan,
+                    invoice_id,
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(None);
+            };
+            // The draft is open for about an hour; a worker that gets here later (a
+            // backlog, an outage) bills the same amount on the next invoice instead.
+            let still_draft = gateway.invoice_status(invoice_id).await?.as_deref() == Some("draft");
+            let bill_to = if still_draft {
+                BillTo::Draft {
+                    invoice: invoice_id.to_owned(),
+                    subscription: subscription.to_owned(),
+                }
+            } else {
+                BillTo::NextInvoice(subscription.to_owned())
+            };
+            let part = due.into_part(&customer, period_start, period_end, Kind::Renewal, bill_to);
+            part::record_pending(&mut tx, &part).await?;
+            part
+        }
     };
-    let Some(due) = overage_due(tx, plan, &customer, period_start).await? else {
-        record_within_allowance(tx, &customer, period_start, period_end, plan, invoice_id).await?;
-        return Ok(None);
-    };
-    let Due {
-        units,
-        amount,
-        rate,
-        description,
-        metadata,
-    } = due;
-    // The draft is open for about an hour; a worker that gets here later (a backlog, an
-    // outage) bills the same amount on the subscription's next invoice instead.
-    let still_draft = gateway.invoice_status(invoice_id).await?.as_deref() == Some("draft");
-    let (target, billed_on) = if still_draft {
-        (ItemTarget::Draft(invoice_id), invoice_id.to_owned())
-    } else {
-        tracing::warn!(invoice = invoice_id, customer = %customer,
-            "renewal draft already finalized: overage goes on the next invoice");
-        (
-            ItemTarget::NextInvoice(subscription),
-            format!("next:{subscription}"),
-        )
-    };
-    let item = gateway
-        .add_invoice_item(
-            stripe_customer,
-            target,
-            amount.to_cents(),
-            &description,
-            metadata,
-            &["overage", &customer, &start.to_string()],
-        )
-        .await?;
-    sqlx::query!(
-        "INSERT INTO overage_charges (customer_id, billing_period_start, billing_period_end,
-             plan_type, units, unit_rate, amount, stripe_invoice_id, stripe_invoice_item_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        customer,
-        period_start,
-        period_end,
-        plan.id().as_str(),
-        i64::try_from(units).map_err(|_| OverageError::Overflow)?,
-        rate.as_decimal(),
-        amount.as_decimal(),
-        billed_on,
-        item
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(Some(OverageCharge {
-        billed_on,
-        customer_id: customer,
-        plan: plan.id().to_string(),
-        units,
-        amount,
-        invoice_item: item,
-    }))
+    tx.commit().await?;
+    let billed = part::bill(pool, gateway, stripe_customer, &part).await?;
+    Ok(billed.map(|b| OverageCharge::of(part, b)))
 }
 
 /// The service-period start of the renewal's (non-proration) subscription line.
@@ -214,31 +205,6 @@ async fn ledger_period_ending(
     .await
 }
 
-/// Takes the period's lock (concurrent runs for one customer and period serialise) and
-/// says whether the period is still unbilled.
-async fn lock_unbilled_period(
-    tx: &mut Transaction<'_, Postgres>,
-    customer: &str,
-    period_start: OffsetDateTime,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query!(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2::text, 0))",
-        customer,
-        period_start.unix_timestamp().to_string()
-    )
-    .execute(&mut **tx)
-    .await?;
-    let billed = sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM overage_charges
-               WHERE customer_id = $1 AND billing_period_start = $2) AS "billed!""#,
-        customer,
-        period_start
-    )
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(!billed)
-}
-
 /// A period that ended within its allowance still gets its (zero) part, so usage that
 /// reaches the ledger later is trued up ([`crate::jobs::overage_trueup`]).
 async fn record_within_allowance(
@@ -271,11 +237,37 @@ async fn record_within_allowance(
 
 /// What a period's overage comes to.
 struct Due {
+    plan: String,
     units: u64,
     amount: Money,
     rate: Money,
     description: String,
-    metadata: HashMap<String, String>,
+}
+
+impl Due {
+    fn into_part(
+        self,
+        customer: &str,
+        period_start: OffsetDateTime,
+        period_end: OffsetDateTime,
+        kind: Kind,
+        bill_to: BillTo,
+    ) -> Part {
+        Part {
+            customer: customer.to_owned(),
+            period_start,
+            period_end,
+            part: 0,
+            kind,
+            plan: self.plan,
+            units: self.units,
+            rate: self.rate,
+            amount: self.amount,
+            bill_to,
+            description: self.description,
+            decided_at: OffsetDateTime::now_utc(),
+        }
+    }
 }
 
 /// The overage `plan` charges for the customer's usage of the period; `None` when
@@ -300,18 +292,12 @@ async fn overage_due(
         plan.included_units(),
         plan.name()
     );
-    let start = period_start.unix_timestamp().to_string();
-    let metadata = HashMap::from([
-        ("tollgate_customer_id".to_owned(), customer.to_owned()),
-        ("tollgate_period_start".to_owned(), start),
-        ("tollgate_overage_units".to_owned(), units.to_string()),
-    ]);
     Ok(Some(Due {
+        plan: plan.id().to_string(),
         units,
         amount,
         rate,
         description,
-        metadata,
     }))
 }
 
@@ -321,7 +307,7 @@ async fn overage_due(
 /// per period, shared with the renewal path (`overage_charges`).
 #[allow(clippy::too_many_arguments)]
 pub async fn bill_ended_subscription(
-    tx: &mut Transaction<'_, Postgres>,
+    pool: &PgPool,
     gateway: &StripeGateway,
     plan: &billing_model::Plan,
     customer: &str,
@@ -329,117 +315,70 @@ pub async fn bill_ended_subscription(
     subscription: &str,
     period_start: OffsetDateTime,
     period_end: OffsetDateTime,
-    payment_method: Option<&str>,
 ) -> Result<Option<OverageCharge>, OverageError> {
-    if !lock_unbilled_period(tx, customer, period_start).await? {
-        return Ok(None);
-    }
-    let Some(Due {
-        units,
-        amount,
-        rate,
-        description,
-        metadata,
-    }) = overage_due(tx, plan, customer, period_start).await?
-    else {
-        record_within_allowance(tx, customer, period_start, period_end, plan, "none").await?;
-        // Overage of earlier periods may still wait for a next invoice that will not come.
-        if gateway
-            .has_pending_items(stripe_customer, subscription)
-            .await?
-        {
-            let start = period_start.unix_timestamp().to_string();
-            let key = ["final_sweep", customer, start.as_str()];
-            let metadata =
-                HashMap::from([("tollgate_customer_id".to_owned(), customer.to_owned())]);
-            let invoice = final_invoice(
-                gateway,
-                stripe_customer,
-                payment_method,
-                subscription,
-                plan,
-                metadata,
-                &key,
-            )
-            .await?;
-            let status = gateway.finalize_and_pay(&invoice, &key).await?;
-            tracing::info!(customer, invoice = %invoice, status = ?status,
-                "pending overage of an ended subscription invoiced");
+    let mut tx = pool.begin().await?;
+    let part = match part::lock_period(&mut tx, customer, period_start).await? {
+        PeriodState::Pending(part) => *part,
+        PeriodState::Billed { .. } => return Ok(None),
+        PeriodState::Unbilled => {
+            let Some(due) = overage_due(&mut tx, plan, customer, period_start).await? else {
+                record_within_allowance(&mut tx, customer, period_start, period_end, plan, "none")
+                    .await?;
+                tx.commit().await?;
+                sweep_pending_items(
+                    gateway,
+                    customer,
+                    stripe_customer,
+                    subscription,
+                    period_start,
+                )
+                .await?;
+                return Ok(None);
+            };
+            let bill_to = BillTo::OwnInvoice(Some(subscription.to_owned()));
+            let part = due.into_part(customer, period_start, period_end, Kind::Final, bill_to);
+            part::record_pending(&mut tx, &part).await?;
+            part
         }
-        return Ok(None);
     };
+    tx.commit().await?;
+    let billed = part::bill(pool, gateway, stripe_customer, &part).await?;
+    Ok(billed.map(|b| OverageCharge::of(part, b)))
+}
+
+/// Overage of earlier periods may still wait for a next invoice that will not come: a
+/// final invoice of its own collects it (the same keys whenever it is retried).
+async fn sweep_pending_items(
+    gateway: &StripeGateway,
+    customer: &str,
+    stripe_customer: &str,
+    subscription: &str,
+    period_start: OffsetDateTime,
+) -> Result<(), OverageError> {
+    if !gateway
+        .has_pending_items(stripe_customer, subscription)
+        .await?
+    {
+        return Ok(());
+    }
     let start = period_start.unix_timestamp().to_string();
-    let key = ["final_overage", customer, start.as_str()];
-    let invoice = final_invoice(
-        gateway,
-        stripe_customer,
-        payment_method,
-        subscription,
-        plan,
-        metadata.clone(),
-        &key,
-    )
-    .await?;
-    let item = gateway
-        .add_invoice_item(
+    let key = ["final_sweep", customer, start.as_str()];
+    let metadata = HashMap::from([("tollgate_customer_id".to_owned(), customer.to_owned())]);
+    let payment_method = gateway.subscription_payment_method(subscription).await?;
+    let invoice = gateway
+        .open_standalone_invoice(
             stripe_customer,
-            ItemTarget::Draft(&invoice),
-            amount.to_cents(),
-            &description,
+            payment_method.as_deref(),
+            Some(subscription),
+            "Final usage of the subscription",
             metadata,
             &key,
         )
         .await?;
     let status = gateway.finalize_and_pay(&invoice, &key).await?;
-    tracing::info!(customer, units, amount = %amount, invoice = %invoice, status = ?status,
-        "overage of an ended subscription invoiced");
-    sqlx::query!(
-        "INSERT INTO overage_charges (customer_id, billing_period_start, billing_period_end,
-             plan_type, units, unit_rate, amount, stripe_invoice_id, stripe_invoice_item_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        customer,
-        period_start,
-        period_end,
-        plan.id().as_str(),
-        i64::try_from(units).map_err(|_| OverageError::Overflow)?,
-        rate.as_decimal(),
-        amount.as_decimal(),
-        invoice,
-        item
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(Some(OverageCharge {
-        billed_on: invoice,
-        customer_id: customer.to_owned(),
-        plan: plan.id().to_string(),
-        units,
-        amount,
-        invoice_item: item,
-    }))
-}
-
-/// The ended subscription's final invoice (a draft of its own); overage of earlier
-/// periods still waiting for a next invoice that will not come joins it.
-async fn final_invoice(
-    gateway: &StripeGateway,
-    stripe_customer: &str,
-    payment_method: Option<&str>,
-    subscription: &str,
-    plan: &billing_model::Plan,
-    metadata: HashMap<String, String>,
-    key: &[&str],
-) -> Result<String, OverageError> {
-    Ok(gateway
-        .open_standalone_invoice(
-            stripe_customer,
-            payment_method,
-            Some(subscription),
-            &format!("Final usage of the {} plan", plan.name()),
-            metadata,
-            key,
-        )
-        .await?)
+    tracing::info!(customer, invoice = %invoice, status = ?status,
+        "pending overage of an ended subscription invoiced");
+    Ok(())
 }
 
 /// The plan in effect at the end of the period ending at `end`.
