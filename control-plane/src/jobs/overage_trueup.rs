@@ -161,17 +161,9 @@ async fn next_part(
     let Some(rate) = plan.overage_rate() else {
         return Ok(None);
     };
-    let used: i64 = sqlx::query_scalar(
-        "SELECT (COALESCE((SELECT SUM(quantity) FROM usage_records
-                           WHERE customer_id = $1 AND billing_period_start = $2), 0)
-               + COALESCE((SELECT SUM(quantity) FROM usage_period_totals
-                           WHERE customer_id = $1 AND billing_period_start = $2), 0))::BIGINT",
-    )
-    .bind(&period.customer_id)
-    .bind(period.billing_period_start)
-    .fetch_one(&mut **tx)
-    .await?;
-    let due = overage_units(plan.included_units(), u64::try_from(used).unwrap_or(0));
+    let used =
+        crate::overage::period_usage(tx, &period.customer_id, period.billing_period_start).await?;
+    let due = overage_units(plan.included_units(), used);
     if due <= billed {
         return Ok(None);
     }

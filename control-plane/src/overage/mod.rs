@@ -10,8 +10,8 @@
 //!
 //! A period can also end without a renewal: the subscription is cancelled (now, or at
 //! the period end), the customer switches to credits or back to Free, or Stripe ends it
-//! after failed payments. Then there is no renewal draft, so [`bill_ended_subscription`]
-//! bills the last period's overage on an invoice of its own, finalized and charged at
+//! after failed payments. Then there is no renewal draft, so [`decide_ended`] and
+//! [`finish_ended`] bill the last period's overage on an invoice of its own, finalized and charged at
 //! once (ARCHITECTURE.md invariant 10). Both paths share the `overage_charges` row of
 //! the period, so a period is billed once whichever path gets there first.
 //!
@@ -301,49 +301,94 @@ async fn overage_due(
     }))
 }
 
+/// What [`decide_ended`] left for [`finish_ended`] to do once its transaction commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedPeriod {
+    pub customer: String,
+    pub stripe_customer: String,
+    pub subscription: String,
+    pub period_start: OffsetDateTime,
+    /// Nothing was due: only overage of earlier periods still waiting for a next invoice
+    /// is collected.
+    pub within_allowance: bool,
+}
+
 /// A subscription that ended (cancelled now or at its period end, a switch to credits
 /// or Free, Stripe ending it after failed payments) has no renewal draft to carry its
-/// last period's overage: bill it on an invoice of its own and charge it at once. Once
-/// per period, shared with the renewal path (`overage_charges`).
-#[allow(clippy::too_many_arguments)]
-pub async fn bill_ended_subscription(
-    pool: &PgPool,
-    gateway: &StripeGateway,
+/// last period's overage: it is billed on an invoice of its own and charged at once.
+/// Once per period, shared with the renewal path (`overage_charges`).
+///
+/// This decides it in the caller's transaction (the one that stores the ending): the
+/// part is recorded as pending, so it commits or rolls back with the ending itself.
+/// Stripe is called by [`finish_ended`] after the commit — never while the caller holds
+/// a connection and its locks: a second connection taken under a lock starves the pool
+/// once other holders wait for the same lock.
+pub async fn decide_ended(
+    tx: &mut Transaction<'_, Postgres>,
     plan: &billing_model::Plan,
     customer: &str,
     stripe_customer: &str,
     subscription: &str,
     period_start: OffsetDateTime,
     period_end: OffsetDateTime,
-) -> Result<Option<OverageCharge>, OverageError> {
-    let mut tx = pool.begin().await?;
-    let part = match part::lock_period(&mut tx, customer, period_start).await? {
-        PeriodState::Pending(part) => *part,
-        PeriodState::Billed { .. } => return Ok(None),
+) -> Result<Option<EndedPeriod>, OverageError> {
+    let ended = |within_allowance| EndedPeriod {
+        customer: customer.to_owned(),
+        stripe_customer: stripe_customer.to_owned(),
+        subscription: subscription.to_owned(),
+        period_start,
+        within_allowance,
+    };
+    match part::lock_period(tx, customer, period_start).await? {
+        PeriodState::Pending(_) => Ok(Some(ended(false))),
+        PeriodState::Billed { .. } => Ok(None),
         PeriodState::Unbilled => {
-            let Some(due) = overage_due(&mut tx, plan, customer, period_start).await? else {
-                record_within_allowance(&mut tx, customer, period_start, period_end, plan, "none")
+            let Some(due) = overage_due(tx, plan, customer, period_start).await? else {
+                record_within_allowance(tx, customer, period_start, period_end, plan, "none")
                     .await?;
-                tx.commit().await?;
-                sweep_pending_items(
-                    gateway,
-                    customer,
-                    stripe_customer,
-                    subscription,
-                    period_start,
-                )
-                .await?;
-                return Ok(None);
+                return Ok(Some(ended(true)));
             };
             let bill_to = BillTo::OwnInvoice(Some(subscription.to_owned()));
             let part = due.into_part(customer, period_start, period_end, Kind::Final, bill_to);
-            part::record_pending(&mut tx, &part).await?;
-            part
+            part::record_pending(tx, &part).await?;
+            Ok(Some(ended(false)))
         }
-    };
+    }
+}
+
+/// Bills what [`decide_ended`] recorded, once its transaction has committed (it waits
+/// for it: the period's lock is held until then). A transaction that rolled back left
+/// nothing, and nothing is billed; a part this cannot bill (Stripe down, a crash) stays
+/// pending and the true-up job resumes it.
+pub async fn finish_ended(
+    pool: &PgPool,
+    gateway: &StripeGateway,
+    ended: &EndedPeriod,
+) -> Result<Option<OverageCharge>, OverageError> {
+    let mut tx = pool.begin().await?;
+    let state = part::lock_period(&mut tx, &ended.customer, ended.period_start).await?;
     tx.commit().await?;
-    let billed = part::bill(pool, gateway, stripe_customer, &part).await?;
-    Ok(billed.map(|b| OverageCharge::of(part, b)))
+    match state {
+        // Rolled back (the ending will be stored again, and decided again).
+        PeriodState::Unbilled => Ok(None),
+        PeriodState::Billed { .. } => {
+            if ended.within_allowance {
+                sweep_pending_items(
+                    gateway,
+                    &ended.customer,
+                    &ended.stripe_customer,
+                    &ended.subscription,
+                    ended.period_start,
+                )
+                .await?;
+            }
+            Ok(None)
+        }
+        PeriodState::Pending(part) => {
+            let billed = part::bill(pool, gateway, &ended.stripe_customer, &part).await?;
+            Ok(billed.map(|b| OverageCharge::of(*part, b)))
+        }
+    }
 }
 
 /// Overage of earlier periods may still wait for a next invoice that will not come: a
@@ -403,7 +448,8 @@ async fn period_plan<'c>(
 }
 
 /// Units the ledger holds for the period (raw records plus totals folded by retention).
-async fn period_usage(
+/// The one count every billing decision (renewal, final, true-up) reads.
+pub(crate) async fn period_usage(
     tx: &mut Transaction<'_, Postgres>,
     customer: &str,
     period_start: OffsetDateTime,

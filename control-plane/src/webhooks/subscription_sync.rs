@@ -23,6 +23,35 @@ pub async fn sync_subscription_now(
     Ok(customer)
 }
 
+/// Bills the final overage of an ended subscription once the transaction that decided it
+/// has committed; a few quick retries, then the true-up job resumes what is still
+/// pending.
+async fn finish_ended(state: AppState, ended: crate::overage::EndedPeriod) {
+    let Some(gateway) = state.stripe.as_deref() else {
+        return;
+    };
+    let mut delay = std::time::Duration::from_millis(500);
+    for attempt in 1..=3 {
+        match crate::overage::finish_ended(&state.pool, gateway, &ended).await {
+            Ok(Some(charge)) => {
+                state
+                    .metrics
+                    .overage_billed_cents
+                    .inc_by(u64::try_from(charge.amount.to_cents()).unwrap_or(0));
+                state.metrics.overage_units_billed.inc_by(charge.units);
+                return;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, customer = %ended.customer, attempt,
+                    "final overage not billed yet; retrying (then the true-up job resumes it)");
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
+        }
+    }
+}
+
 /// Stores Stripe's current state of a subscription (fetched now, not taken from the
 /// event, so an old event can never overwrite a newer state).
 pub(super) async fn sync_subscription(
@@ -170,11 +199,11 @@ pub(super) async fn sync_subscription(
         && let (Some(start), Some(end)) = (period_start, period_end)
         && let Some(paid_plan) = state.catalog.get(&plan)
     {
-        // The part is committed on its own before Stripe is called (see
-        // `overage::part`), so it is not lost if this event's transaction rolls back.
-        match crate::overage::bill_ended_subscription(
-            &state.pool,
-            gateway,
+        // Decided in this transaction (it commits or rolls back with the ending),
+        // billed once it has committed: Stripe is never called while this transaction
+        // holds its connection and the customer's lock (see `overage::decide_ended`).
+        match crate::overage::decide_ended(
+            tx,
             paid_plan,
             &customer,
             &stripe_customer,
@@ -184,12 +213,8 @@ pub(super) async fn sync_subscription(
         )
         .await
         {
-            Ok(Some(charge)) => {
-                state
-                    .metrics
-                    .overage_billed_cents
-                    .inc_by(u64::try_from(charge.amount.to_cents()).unwrap_or(0));
-                state.metrics.overage_units_billed.inc_by(charge.units);
+            Ok(Some(ended)) => {
+                tokio::spawn(finish_ended(state.clone(), ended));
             }
             Ok(None) => {}
             Err(crate::overage::OverageError::Database(e)) => return Err(e.into()),
