@@ -104,6 +104,17 @@ impl RedisKeys {
         )
     }
 
+    /// The sorted set of proxies holding a lease on `counter` (member: proxy id, score:
+    /// expiry), so a lease shrinks as more proxies share the customer:
+    /// `{prefix}{customer}:holders:<counter>`.
+    pub fn holders(&self, customer: &CustomerId, counter: Counter) -> String {
+        format!(
+            "{}holders:{}",
+            self.customer_part(customer),
+            counter_suffix(counter)
+        )
+    }
+
     /// The pub/sub channel entitlement updates are published on.
     pub fn entitlement_channel(&self) -> String {
         format!("{}entitlements", self.prefix)
@@ -158,6 +169,8 @@ mod tests {
             keys.inflight(customer, Counter::Credits),
             keys.committed(customer, Counter::Period { start }),
             keys.committed(customer, Counter::Credits),
+            keys.holders(customer, Counter::Period { start }),
+            keys.holders(customer, Counter::Credits),
         ]
     }
 
@@ -178,6 +191,10 @@ mod tests {
         assert_eq!(
             keys.inflight(&cust, Counter::Credits),
             "tg:{cust-1}:inflight:credits_used"
+        );
+        assert_eq!(
+            keys.holders(&cust, Counter::Credits),
+            "tg:{cust-1}:holders:credits_used"
         );
         assert_eq!(keys.entitlement_channel(), "tg:entitlements");
     }

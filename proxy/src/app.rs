@@ -2,6 +2,7 @@
 //! service, the admin listener and the background services.
 
 use crate::admin::AdminApp;
+use crate::commits::Committer;
 use crate::config::Config;
 use crate::entitlements::{Entitlements, listen_for_updates};
 use crate::identity::Identity;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tollgate_runtime::counters::Counters;
-use tollgate_runtime::counters::holds::Holds;
+use tollgate_runtime::counters::leases::{LeaseSettings, Leases};
 use tollgate_runtime::identity::IdentityVerifier;
 
 /// Builds the server; `run_forever` on the result serves until SIGTERM/SIGINT.
@@ -103,7 +104,21 @@ pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
     }
     let reservation_ttl = Duration::from_secs(p.reservation_ttl_seconds);
     let counters = Counters::new(redis, reservation_ttl);
-    let holds = Holds::new(counters.clone());
+    if !(1..=64).contains(&p.lease_max_units) {
+        anyhow::bail!(
+            "proxy.lease_max_units ({}) must be between 1 and 64",
+            p.lease_max_units
+        );
+    }
+    let leases = Leases::new(
+        counters.clone(),
+        uuid::Uuid::now_v7().simple().to_string(),
+        LeaseSettings {
+            max_units: p.lease_max_units,
+            idle: Duration::from_millis(p.lease_idle_ms),
+            ..LeaseSettings::default()
+        },
+    );
 
     let conf = ServerConf {
         threads: p.threads,
@@ -122,15 +137,20 @@ pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
         routes: routes.clone(),
         identity,
         entitlements: entitlements.clone(),
-        counters,
-        holds: holds.clone(),
+        counters: counters.clone(),
+        leases: leases.clone(),
         keys: keys.clone(),
         usage_log: usage_log.clone(),
         metrics: metrics.clone(),
         redis_budget: Duration::from_millis(p.redis_budget_ms),
         failure_policy: p.hard_limit_failure_policy,
         background: handle.clone(),
-        pending_commits: pending_commits.clone(),
+        committer: Committer::start(
+            &handle,
+            counters.clone(),
+            metrics.clone(),
+            pending_commits.clone(),
+        ),
         unsettled: unsettled.clone(),
     };
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, service);
@@ -166,8 +186,8 @@ pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
         config_path,
         routes,
     };
-    let keeper = HoldKeeper {
-        holds,
+    let keeper = LeaseKeeper {
+        leases,
         metrics: metrics.clone(),
     };
     let keys_refresher = IdentityRefresher { verifier };
@@ -177,7 +197,7 @@ pub fn build(config_path: PathBuf, config: Config) -> anyhow::Result<Server> {
     server.add_service(background_service("usage shipper", shipper));
     server.add_service(background_service("entitlement updates", updates));
     server.add_service(background_service("route reloader", reloader));
-    server.add_service(background_service("reservation holds", keeper));
+    server.add_service(background_service("reservation leases", keeper));
     server.add_service(background_service("identity keys", keys_refresher));
     Ok(server)
 }
@@ -201,19 +221,20 @@ impl BackgroundService for UpdateListener {
     }
 }
 
-/// Renews the holds of requests in flight every third of the reservation TTL, so a
-/// unit stays held however long its request runs. It keeps renewing through the
-/// shutdown drain (requests still run then) and ends with the process.
-struct HoldKeeper {
-    holds: Arc<Holds>,
+/// Keeps the leases: gives unused leased units back, and renews the units of requests
+/// in flight every third of the reservation TTL, so a unit stays held however long its
+/// request runs. Through the shutdown drain (requests still run then) it gives every
+/// free unit back each round, and ends with the process.
+struct LeaseKeeper {
+    leases: Arc<Leases>,
     metrics: Arc<crate::metrics::ProxyMetrics>,
 }
 
 #[async_trait]
-impl BackgroundService for HoldKeeper {
+impl BackgroundService for LeaseKeeper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let every = (self.holds_ttl() / 3).max(Duration::from_millis(50));
-        let mut lost_seen = 0;
+        let every = self.leases.tick();
+        let mut seen = tollgate_runtime::counters::leases::LeaseStats::default();
         let mut draining = false;
         loop {
             if draining {
@@ -224,21 +245,21 @@ impl BackgroundService for HoldKeeper {
                     _ = shutdown.changed() => draining = true,
                 }
             }
-            self.holds.renew_all().await;
-            let (_, lost) = self.holds.stats();
-            self.metrics
-                .holds_lost
+            self.leases.maintain(draining).await;
+            let now = self.leases.stats();
+            let m = &self.metrics;
+            m.holds_lost
                 .with_label_values(&["renewal"])
-                .inc_by(lost - lost_seen);
-            lost_seen = lost;
-            self.metrics.holds_live.set(self.holds.len() as i64);
+                .inc_by(now.lost_found - seen.lost_found);
+            m.leases.inc_by(now.leases - seen.leases);
+            m.leased_units.inc_by(now.leased_units - seen.leased_units);
+            m.lease_returned_units
+                .inc_by(now.returned_units - seen.returned_units);
+            seen = now;
+            let gauges = self.leases.gauges();
+            m.holds_live.set(gauges.in_use as i64);
+            m.leased_free.set(gauges.free as i64);
         }
-    }
-}
-
-impl HoldKeeper {
-    fn holds_ttl(&self) -> Duration {
-        self.holds.reservation_ttl()
     }
 }
 

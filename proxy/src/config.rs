@@ -64,6 +64,15 @@ pub struct ProxySettings {
     /// every third of it, so a request may take longer than this.
     #[serde(default = "default_reservation_ttl")]
     pub reservation_ttl_seconds: u64,
+    /// The most units of a hard limit one proxy leases from Redis in one step and then
+    /// admits from locally (1..=64; 1 reserves per request). The block also shrinks
+    /// with what the limit leaves and the number of proxies sharing the customer.
+    #[serde(default = "default_lease_max_units")]
+    pub lease_max_units: u32,
+    /// Leased units unused for this long, in milliseconds, go back to Redis for other
+    /// proxies.
+    #[serde(default = "default_lease_idle")]
+    pub lease_idle_ms: u64,
     /// How long the upstream may take to answer, in seconds.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_seconds: u64,
@@ -147,6 +156,14 @@ fn default_redis_budget() -> u64 {
 }
 fn default_reservation_ttl() -> u64 {
     tollgate_runtime::counters::DEFAULT_RESERVATION_TTL.as_secs()
+}
+fn default_lease_max_units() -> u32 {
+    tollgate_runtime::counters::leases::LeaseSettings::default().max_units
+}
+fn default_lease_idle() -> u64 {
+    tollgate_runtime::counters::leases::LeaseSettings::default()
+        .idle
+        .as_millis() as u64
 }
 fn default_upstream_timeout() -> u64 {
     60

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod app;
 pub mod canonical;
+pub mod commits;
 pub mod config;
 pub mod entitlements;
 pub mod identity;

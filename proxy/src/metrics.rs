@@ -28,6 +28,13 @@ pub struct ProxyMetrics {
     pub holds_lost: IntCounterVec,
     /// Holds registered right now (requests in flight holding a unit).
     pub holds_live: IntGauge,
+    /// Units leased from Redis and not handed to a request yet.
+    pub leased_free: IntGauge,
+    /// Lease round trips that granted units, and the units they granted.
+    pub leases: IntCounter,
+    pub leased_units: IntCounter,
+    /// Leased units given back unused.
+    pub lease_returned_units: IntCounter,
 }
 
 impl ProxyMetrics {
@@ -49,7 +56,7 @@ impl ProxyMetrics {
         for place in ["renewal", "commit", "delivered_in_doubt"] {
             self.holds_lost.with_label_values(&[place]);
         }
-        for op in ["reserve", "chat_check"] {
+        for op in ["lease", "chat_check"] {
             self.redis_seconds.with_label_values(&[op]);
             for kind in ["timeout", "error"] {
                 self.redis_errors.with_label_values(&[op, kind]);
@@ -177,6 +184,19 @@ impl ProxyMetrics {
             holds_live: gauge(
                 "reservation_holds",
                 "Units held in Redis by requests in flight on this proxy",
+            )?,
+            leased_free: gauge(
+                "leased_units_free",
+                "Units this proxy leased from Redis and has not handed to a request yet",
+            )?,
+            leases: counter(
+                "leases_total",
+                "Lease round trips to Redis that granted units (hard limits)",
+            )?,
+            leased_units: counter("leased_units_total", "Units granted by leases")?,
+            lease_returned_units: counter(
+                "lease_returned_units_total",
+                "Leased units given back to Redis unused (idle, aged, shutdown, or to lease anew)",
             )?,
         })
     }

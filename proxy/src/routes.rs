@@ -10,6 +10,7 @@ use crate::config::{RouteKind, RouteSettings};
 use billing_model::UsageType;
 use http::Method;
 use std::num::NonZeroU32;
+use tollgate_runtime::counters::leases::MAX_LEASE_UNITS;
 
 /// What a request is, as far as tollgate is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +121,8 @@ impl RouteTable {
                         .usage_type
                         .ok_or_else(|| fail("a metered route needs usage_type"))?,
                     units: NonZeroU32::new(s.units)
-                        .ok_or_else(|| fail("units must be at least 1"))?,
+                        .filter(|u| u.get() <= MAX_LEASE_UNITS)
+                        .ok_or_else(|| fail("units must be between 1 and 64"))?,
                 },
             };
             rules.push(Rule {
@@ -277,6 +279,12 @@ mod tests {
         let mut zero = rule("POST", "/x", RouteKind::Metered);
         zero.units = 0;
         assert!(RouteTable::from_settings(&[zero]).is_err());
+        // A hard limit admits from leases, which track at most 64 units.
+        let mut many = rule("POST", "/x", RouteKind::Metered);
+        many.units = 65;
+        assert!(RouteTable::from_settings(&[many.clone()]).is_err());
+        many.units = 64;
+        assert!(RouteTable::from_settings(&[many]).is_ok());
         assert!(RouteTable::from_settings(&[rule("POST", "x", RouteKind::Chat)]).is_err());
         assert!(RouteTable::from_settings(&[rule("POST", "/a*b", RouteKind::Chat)]).is_err());
         assert!(RouteTable::from_settings(&[rule("P O", "/a", RouteKind::Chat)]).is_err());

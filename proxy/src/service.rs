@@ -6,18 +6,20 @@
 //! 2. Identify the customer (JWT or trusted header); none → 401.
 //! 3. Look the entitlement up in memory (a miss fills once from the control plane).
 //! 4. Decide ([`billing_model::admission`]): paid overage admits without a reservation;
-//!    hard limits reserve a unit in Redis (one round trip) unless the customer is
-//!    known to be exhausted (refused from memory). The unit is held, and renewed, for as
-//!    long as the request runs.
+//!    hard limits take a unit from a block this proxy leased in Redis (a round trip only
+//!    when no lease has one left; see `tollgate_runtime::counters::leases`) unless the
+//!    customer is known to be exhausted (refused from memory). The unit is held, and
+//!    renewed, for as long as the request runs.
 //! 5. On a 2xx from the upstream: make sure the hold still stands (or take a unit again),
 //!    log the usage event (before the response leaves) and commit the reservation off
 //!    the request path. If the unit can be neither held nor logged, the success is
 //!    withheld: a unit delivered is a unit recorded and counted. Otherwise, or if no
-//!    response comes: release it.
+//!    response comes: hand it back to its lease (no round trip).
 //!
 //! No per-request call to PostgreSQL or to the control plane.
 
 use crate::canonical;
+use crate::commits::{Commit, Committer};
 use crate::entitlements::{Entitlement, Entitlements};
 use crate::identity::Identity;
 use crate::metrics::ProxyMetrics;
@@ -42,14 +44,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
-use tollgate_runtime::counters::holds::{HoldGuard, Holds};
+use tollgate_runtime::counters::leases::{Acquired, Leases, Slot};
 use tollgate_runtime::counters::{CounterError, CounterRef, Counters};
 use tollgate_runtime::identity::IdentityError;
-
-/// How long a commit is retried while Redis refuses connections (the commit never ran,
-/// so the event can ship and the ledger raise the counter): the usage log is not held
-/// back for a whole reservation TTL by a Redis that is plainly down.
-const REFUSED_COMMIT_GIVE_UP: Duration = Duration::from_secs(5);
 
 /// Headers that make some frameworks treat a request as another method (a `GET` served
 /// as the metered `POST`); never forwarded.
@@ -67,16 +64,18 @@ pub struct TollgateProxy {
     pub identity: Arc<Identity>,
     pub entitlements: Arc<Entitlements>,
     pub counters: Counters,
-    /// Units held by requests in flight, renewed while they run.
-    pub holds: Arc<Holds>,
+    /// Hard-limit units leased from Redis, admitted from locally, renewed while their
+    /// requests run.
+    pub leases: Arc<Leases>,
     pub keys: RedisKeys,
     pub usage_log: Arc<UsageLog>,
     pub metrics: Arc<ProxyMetrics>,
     pub redis_budget: Duration,
     pub failure_policy: FailurePolicy,
-    /// Where commits and releases run, off the request path.
+    /// Where releases run, off the request path.
     pub background: tokio::runtime::Handle,
-    pub pending_commits: Arc<AtomicU64>,
+    /// Counter commits, batched off the request path.
+    pub committer: Committer,
     /// Admitted metered requests not yet consumed or released (the drain waits for them).
     pub unsettled: Arc<AtomicU64>,
 }
@@ -89,8 +88,8 @@ struct Admission {
     usage_type: UsageType,
     units: NonZeroU32,
     counter: CounterRef,
-    /// The unit held in Redis for this request while it runs (hard limits).
-    hold: Option<HoldGuard>,
+    /// The leased unit this request holds while it runs (hard limits).
+    hold: Option<Slot>,
     /// Under a hard limit (held, or admitted by policy `allow`).
     hard_limit: bool,
 }
@@ -226,7 +225,7 @@ impl TollgateProxy {
         if let Some(e) = error {
             let kind = match e {
                 CounterError::Timeout => "timeout",
-                CounterError::Redis(_) => "error",
+                CounterError::Redis(_) | CounterError::TooManyUnits(_) => "error",
             };
             self.metrics
                 .redis_errors
@@ -248,33 +247,52 @@ impl TollgateProxy {
     ) -> Result<bool> {
         let class = RouteClass::Metered { usage_type, units };
         let event_id = uuid::Uuid::now_v7();
-        let reservation_id = event_id.simple().to_string();
         let s = &entitlement.snapshot;
         let (scope, hard) = match s.enforcement() {
             Enforcement::PaidOverage => (CounterScope::Period, false),
             Enforcement::HardLimit { counter, .. } => (counter, true),
         };
         let counter = self.counter_for(&entitlement, &customer, scope, now);
+        let mut slot: Option<Slot> = None;
         let answer = match admission::first_step(s, entitlement.is_known_exhausted()) {
             Step::DecideWithoutCounter => CounterAnswer::NotAsked,
             Step::Reserve { limit, .. } => {
                 let started = Instant::now();
-                let reservation = self
-                    .counters
-                    .reserve(
-                        &counter,
-                        limit,
-                        &reservation_id,
-                        units.get(),
-                        self.redis_budget,
-                    )
+                let acquired = self
+                    .leases
+                    .acquire(&counter, limit, units.get(), self.redis_budget)
                     .await;
-                self.redis_observe("reserve", started, reservation.as_ref().err());
-                match reservation {
-                    Ok(r) => CounterAnswer::Reserved {
-                        admitted: r.admitted,
-                        committed: r.committed,
-                        in_flight: r.in_flight,
+                match &acquired {
+                    Ok((_, false)) => {}
+                    Ok((_, true)) => self.redis_observe("lease", started, None),
+                    Err(e) => self.redis_observe("lease", started, Some(e)),
+                }
+                match acquired {
+                    Ok((
+                        Acquired::Admitted {
+                            slot: taken,
+                            committed,
+                            in_flight,
+                        },
+                        _,
+                    )) => {
+                        slot = Some(taken);
+                        CounterAnswer::Reserved {
+                            admitted: true,
+                            committed,
+                            in_flight,
+                        }
+                    }
+                    Ok((
+                        Acquired::Refused {
+                            committed,
+                            in_flight,
+                        },
+                        _,
+                    )) => CounterAnswer::Reserved {
+                        admitted: false,
+                        committed,
+                        in_flight,
                     },
                     Err(e) => {
                         tracing::warn!(error = %e, customer = %customer, request_id = %ctx.request_id, policy = ?self.failure_policy, "usage check unavailable");
@@ -301,6 +319,8 @@ impl TollgateProxy {
             entitlement.mark_exhausted();
         }
         let ratelimit = quota.as_ref().map(ratelimit_headers);
+        // Only an admission holds a unit (a slot taken for any other outcome goes back).
+        let hold = slot.filter(|_| outcome.holds_a_unit());
         if let Some(p) = refusal {
             let mut headers = Vec::with_capacity(3);
             if let Some(seconds) = retry_after {
@@ -313,10 +333,6 @@ impl TollgateProxy {
             return self.refuse(session, class, outcome, &p, &headers).await;
         }
         ctx.ratelimit = ratelimit;
-        let hold = outcome.holds_a_unit().then(|| {
-            self.holds
-                .register(counter.clone(), reservation_id, units.get())
-        });
         self.unsettled.fetch_add(1, Ordering::Relaxed);
         ctx.admission = Some(Admission {
             event_id,
@@ -374,72 +390,18 @@ impl TollgateProxy {
         Ok(())
     }
 
-    /// Commits the counter off the request path; the ticket keeps the event's segment
-    /// from shipping until the commit is done (or abandoned: then the ledger raises the
-    /// counter).
+    /// Commits the counter off the request path (batched, see [`crate::commits`]); the
+    /// ticket keeps the event's segment from shipping until the commit is done (or
+    /// abandoned: then the ledger raises the counter).
     fn commit(&self, admission: Admission, ticket: CommitTicket) {
-        let counters = self.counters.clone();
-        let metrics = self.metrics.clone();
-        let pending = self.pending_commits.clone();
-        let give_up = self.counters.reservation_ttl();
-        let entitlement = admission.entitlement;
-        let counter = admission.counter;
-        let units = admission.units.get();
-        // Hard limits (held, or admitted by policy `allow`) commit with the event id as
-        // marker, so a retry counts once; paid overage without (see the counters
-        // module: the figure only feeds headers).
-        let (marker, reserved, hold) = match admission.hold {
-            Some(guard) => {
-                guard.settling();
-                (admission.event_id.simple().to_string(), units, Some(guard))
-            }
-            None if admission.hard_limit => (admission.event_id.simple().to_string(), 0, None),
-            None => (String::new(), 0, None),
-        };
-        pending.fetch_add(1, Ordering::Relaxed);
-        self.background.spawn(async move {
-            let started = Instant::now();
-            let mut delay = Duration::from_millis(20);
-            // Whether an attempt may have run without its answer reaching us; until
-            // then every failure was a refused connection, and giving up early cannot
-            // leave a commit to land after the ledger has raised the counter.
-            let mut uncertain = false;
-            loop {
-                match counters.commit(&counter, &marker, reserved, units).await {
-                    Ok(c) => {
-                        if c.hold_lost {
-                            metrics.holds_lost.with_label_values(&["commit"]).inc();
-                            tracing::warn!(
-                                count = c.count,
-                                "a unit was committed after its hold was lost"
-                            );
-                        }
-                        entitlement.observe_used(c.count);
-                        break;
-                    }
-                    Err(e) => {
-                        uncertain |= !e.never_reached_redis();
-                        let limit = if uncertain {
-                            give_up
-                        } else {
-                            REFUSED_COMMIT_GIVE_UP
-                        };
-                        if started.elapsed() >= limit {
-                            // The event ships now; the ledger raises the counter.
-                            tracing::error!(error = %e, "counter commit abandoned");
-                            break;
-                        }
-                        metrics.commit_retries.inc();
-                        tracing::warn!(error = %e, "counter commit failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(2));
-                    }
-                }
-            }
-            // The hold stays registered (and renewed) until its commit has landed.
-            drop(hold);
-            drop(ticket);
-            pending.fetch_sub(1, Ordering::Relaxed);
+        self.committer.submit(Commit {
+            counter: admission.counter,
+            units: admission.units.get(),
+            // Held, or admitted by policy `allow`.
+            hard_limit: admission.hard_limit,
+            slot: admission.hold,
+            entitlement: admission.entitlement,
+            ticket,
         });
     }
 
@@ -450,18 +412,20 @@ impl TollgateProxy {
         self.release_hold(&admission, hold);
     }
 
-    fn release_hold(&self, admission: &Admission, hold: Option<HoldGuard>) {
-        let Some(guard) = hold else {
+    fn release_hold(&self, admission: &Admission, hold: Option<Slot>) {
+        let Some(slot) = hold else {
             return;
         };
+        // Back to its lease; only a lease that hands out nothing more needs Redis.
+        let members = slot.give_back();
+        if members.is_empty() {
+            return;
+        }
         let counters = self.counters.clone();
         let counter = admission.counter.clone();
-        let id = guard.hold().reservation_id.clone();
-        let units = admission.units.get();
         self.background.spawn(async move {
-            // On failure the reservation expires on its own once no longer renewed.
-            drop(guard);
-            if let Err(e) = counters.release(&counter, &id, units).await {
+            // On failure the units expire on their own once no longer renewed.
+            if let Err(e) = counters.release_members(&counter, &members).await {
                 tracing::warn!(error = %e, "reservation release failed; it will expire");
             }
         });

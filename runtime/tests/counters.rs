@@ -4,7 +4,7 @@ use billing_model::{Counter, CustomerId, RedisKeys};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
-use tollgate_runtime::counters::holds::Holds;
+use tollgate_runtime::counters::leases::{Acquired, LeaseSettings, Leases, Slot};
 use tollgate_runtime::counters::{CounterError, CounterRef, Counters};
 
 fn redis_url() -> String {
@@ -204,92 +204,6 @@ async fn a_reservation_that_times_out_leaves_no_phantom_hold() {
 }
 
 #[tokio::test]
-async fn a_renewed_hold_outlives_the_ttl_and_an_unrenewed_one_does_not() {
-    let ttl = Duration::from_millis(600);
-    let (counters, counter) = setup(ttl).await;
-    let holds = Holds::new(counters.clone());
-    assert!(
-        counters
-            .reserve(&counter, 2, "slow", 1, BUDGET)
-            .await
-            .unwrap()
-            .admitted
-    );
-    assert!(
-        counters
-            .reserve(&counter, 2, "crashed", 1, BUDGET)
-            .await
-            .unwrap()
-            .admitted
-    );
-    let guard = holds.register(counter.clone(), "slow".into(), 1);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(holds.clone().keep_alive(async move {
-        let _ = stop_rx.await;
-    }));
-    // Three TTLs later the renewed hold still holds its unit; the crashed one is gone.
-    tokio::time::sleep(ttl * 3).await;
-    assert!(!guard.in_doubt());
-    let r = counters
-        .reserve(&counter, 2, "next", 1, BUDGET)
-        .await
-        .unwrap();
-    assert!(r.admitted, "the crashed proxy's unit came back");
-    let r = counters
-        .reserve(&counter, 2, "more", 1, BUDGET)
-        .await
-        .unwrap();
-    assert!(!r.admitted, "the slow request's unit is still held: {r:?}");
-    let c = counters.commit(&counter, "slow", 1, 1).await.unwrap();
-    assert!(!c.hold_lost && !c.duplicate);
-    drop(guard);
-    assert!(holds.is_empty());
-    let _ = stop_tx.send(());
-}
-
-#[tokio::test]
-async fn a_hold_found_gone_is_in_doubt_and_its_commit_still_counts() {
-    let (counters, counter) = setup(Duration::from_secs(60)).await;
-    let holds = Holds::new(counters.clone());
-    assert!(
-        counters
-            .reserve(&counter, 1, "a", 1, BUDGET)
-            .await
-            .unwrap()
-            .admitted
-    );
-    let guard = holds.register(counter.clone(), "a".into(), 1);
-    holds.renew_all().await;
-    assert!(!guard.in_doubt(), "renewed, present");
-    // Redis lost the hold (say, a restart).
-    counters.release(&counter, "a", 1).await.unwrap();
-    holds.renew_all().await;
-    assert!(guard.in_doubt());
-    assert_eq!(holds.stats().1, 1);
-    let c = counters.commit(&counter, "a", 1, 1).await.unwrap();
-    assert_eq!((c.count, c.hold_lost), (1, true), "delivered, so counted");
-}
-
-#[tokio::test]
-async fn a_hold_removed_by_its_own_commit_is_not_a_loss() {
-    let (counters, counter) = setup(Duration::from_secs(60)).await;
-    let holds = Holds::new(counters.clone());
-    assert!(
-        counters
-            .reserve(&counter, 2, "a", 1, BUDGET)
-            .await
-            .unwrap()
-            .admitted
-    );
-    let guard = holds.register(counter.clone(), "a".into(), 1);
-    guard.settling();
-    counters.commit(&counter, "a", 1, 1).await.unwrap();
-    holds.renew_all().await;
-    assert!(!guard.in_doubt());
-    assert_eq!(holds.stats().1, 0);
-}
-
-#[tokio::test]
 async fn a_short_ttl_caller_never_shortens_the_expiry_a_long_ttl_caller_set() {
     let (long, counter) = setup(Duration::from_secs(600)).await;
     let client = redis::Client::open(redis_url()).unwrap();
@@ -366,30 +280,406 @@ async fn an_uncommit_takes_back_exactly_one_commit() {
     assert_eq!(counters.committed(&counter, BUDGET).await.unwrap(), 1);
 }
 
-#[tokio::test]
-async fn holds_of_many_requests_on_one_counter_renew_in_one_round() {
-    let (counters, counter) = setup(Duration::from_secs(60)).await;
-    let holds = Holds::new(counters.clone());
-    let mut guards = Vec::new();
-    for i in 0..50 {
-        let id = format!("r{i}");
-        assert!(
-            counters
-                .reserve(&counter, 100, &id, 2, BUDGET)
-                .await
-                .unwrap()
-                .admitted
-        );
-        guards.push(holds.register(counter.clone(), id, 2));
+fn leases_with(counters: &Counters, holder: &str, max_units: u32) -> Arc<Leases> {
+    Leases::new(
+        counters.clone(),
+        holder.into(),
+        LeaseSettings {
+            max_units,
+            idle: Duration::from_millis(100),
+            max_age: Duration::from_secs(30),
+        },
+    )
+}
+
+/// Acquires one unit; `Some((slot, whether Redis was asked))` when admitted.
+async fn take(leases: &Arc<Leases>, counter: &CounterRef, limit: u64) -> Option<(Slot, bool)> {
+    match leases.acquire(counter, limit, 1, BUDGET).await.unwrap() {
+        (Acquired::Admitted { slot, .. }, asked) => Some((slot, asked)),
+        (Acquired::Refused { .. }, _) => None,
     }
-    counters.release(&counter, "r7", 2).await.unwrap();
-    holds.renew_all().await;
-    let doubtful: Vec<usize> = guards
+}
+
+async fn commit(counters: &Counters, slot: Slot, marker: &str) -> u64 {
+    slot.settling();
+    let c = counters
+        .commit_members(slot.counter(), marker, &slot.members(), 1)
+        .await
+        .unwrap();
+    slot.committed(c.hold_lost);
+    c.count
+}
+
+/// Committed plus in-flight units in Redis: what the limit is checked against.
+async fn taken_in_redis(counters: &Counters, counter: &CounterRef) -> u64 {
+    counters.committed(counter, BUDGET).await.unwrap() + inflight(&redis_url(), counter).await
+}
+
+#[tokio::test]
+async fn one_round_trip_leases_a_block_and_the_rest_is_admitted_locally() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let leases = leases_with(&counters, "p1", 32);
+    let (first, asked) = take(&leases, &counter, 1_000).await.unwrap();
+    assert!(asked);
+    assert_eq!(
+        inflight(&redis_url(), &counter).await,
+        32,
+        "a block of 32 (the cap; a quarter of 1,000 is more) is reserved in one step"
+    );
+    let mut slots = vec![first];
+    for i in 0..31 {
+        let (slot, asked) = take(&leases, &counter, 1_000).await.unwrap();
+        assert!(!asked, "unit {} came from the lease", i + 2);
+        slots.push(slot);
+    }
+    let (_, asked) = take(&leases, &counter, 1_000).await.unwrap();
+    assert!(asked, "the 33rd unit needs a new lease");
+    assert_eq!(leases.stats().leases, 2);
+    // Committing one settles exactly its member.
+    assert_eq!(commit(&counters, slots.pop().unwrap(), "e1").await, 1);
+    assert_eq!(inflight(&redis_url(), &counter).await, 63);
+}
+
+#[tokio::test]
+async fn a_lease_shrinks_as_the_limit_nears_and_as_more_proxies_share_it() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let a = leases_with(&counters, "a", 64);
+    let b = leases_with(&counters, "b", 64);
+    let _sa = take(&a, &counter, 100).await.unwrap();
+    assert_eq!(
+        inflight(&redis_url(), &counter).await,
+        25,
+        "a quarter of 100"
+    );
+    let _sb = take(&b, &counter, 100).await.unwrap();
+    assert_eq!(
+        inflight(&redis_url(), &counter).await,
+        25 + 9,
+        "a quarter of the 75 left, shared by two proxies: 9"
+    );
+
+    // Near the limit, single units: a Free limit of 10 on one proxy is reached exactly.
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let p = leases_with(&counters, "p", 64);
+    for i in 0..10 {
+        let (slot, _) = take(&p, &counter, 10).await.expect("within the limit");
+        assert!(taken_in_redis(&counters, &counter).await <= 10);
+        assert_eq!(commit(&counters, slot, &format!("e{i}")).await, i + 1);
+    }
+    assert!(
+        take(&p, &counter, 10).await.is_none(),
+        "the 11th is refused"
+    );
+    assert_eq!(counters.committed(&counter, BUDGET).await.unwrap(), 10);
+}
+
+#[tokio::test]
+async fn a_request_that_fails_hands_its_unit_back_to_the_lease_without_a_round_trip() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let leases = leases_with(&counters, "p", 8);
+    let (slot, _) = take(&leases, &counter, 100).await.unwrap();
+    assert!(slot.give_back().is_empty(), "nothing to release in Redis");
+    let before = inflight(&redis_url(), &counter).await;
+    for _ in 0..8 {
+        let (slot, asked) = take(&leases, &counter, 100).await.unwrap();
+        assert!(!asked);
+        drop(slot); // a request torn down: back to the lease as well
+    }
+    assert_eq!(inflight(&redis_url(), &counter).await, before);
+    assert_eq!(leases.gauges().free, 8);
+}
+
+#[tokio::test]
+async fn unused_leased_units_go_back_when_idle_and_at_shutdown() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let a = leases_with(&counters, "a", 64);
+    let b = leases_with(&counters, "b", 64);
+    let (slot, _) = take(&a, &counter, 100).await.unwrap();
+    commit(&counters, slot, "a1").await;
+    assert_eq!(a.gauges().free, 24);
+    // B takes everything else; while A sits on 24 units, B is refused at 75...
+    let mut b_units = 0u64;
+    while let Some((slot, _)) = take(&b, &counter, 100).await {
+        commit(&counters, slot, &format!("b{b_units}")).await;
+        b_units += 1;
+    }
+    assert_eq!(b_units, 75);
+    // ...until A's lease has been idle: its units go back, and B gets them.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    a.maintain(false).await;
+    assert_eq!(a.gauges().free, 0);
+    while let Some((slot, _)) = take(&b, &counter, 100).await {
+        commit(&counters, slot, &format!("b{b_units}")).await;
+        b_units += 1;
+    }
+    assert_eq!(b_units, 99, "exactly the limit in all: 1 on A, 99 on B");
+    assert_eq!(counters.committed(&counter, BUDGET).await.unwrap(), 100);
+
+    // Shutdown gives back every free unit at once, idle or not.
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let p = leases_with(&counters, "p", 64);
+    let _held = take(&p, &counter, 1_000).await.unwrap();
+    p.maintain(true).await;
+    assert_eq!(
+        inflight(&redis_url(), &counter).await,
+        1,
+        "only the running request's unit"
+    );
+}
+
+#[tokio::test]
+async fn a_lower_limit_is_never_admitted_from_a_lease_taken_under_a_higher_one() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let p = leases_with(&counters, "p", 64);
+    let (slot, _) = take(&p, &counter, 100).await.unwrap();
+    commit(&counters, slot, "x").await;
+    assert!(p.gauges().free > 5);
+    // A refund lowers the balance to 5: the lease's free units are not admitted from.
+    let (answer, asked) = p.acquire(&counter, 5, 1, BUDGET).await.unwrap();
+    assert!(asked);
+    assert!(
+        matches!(answer, Acquired::Admitted { .. }),
+        "1 committed, the old lease given back in the same step: room for more"
+    );
+    let mut running = vec![answer];
+    while let Some((slot, _)) = take(&p, &counter, 5).await {
+        running.push(Acquired::Admitted {
+            slot,
+            committed: 0,
+            in_flight: 0,
+        });
+    }
+    assert_eq!(
+        running.len(),
+        4,
+        "1 committed + 4 in flight = the new limit of 5"
+    );
+    assert!(taken_in_redis(&counters, &counter).await <= 5);
+}
+
+#[tokio::test]
+async fn two_proxies_racing_on_one_counter_never_admit_past_the_limit() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let proxies = [
+        leases_with(&counters, "a", 32),
+        leases_with(&counters, "b", 32),
+    ];
+    let admitted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..400usize {
+        let (p, counters, counter, admitted) = (
+            proxies[i % 2].clone(),
+            counters.clone(),
+            counter.clone(),
+            admitted.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            if let Some((slot, _)) = take(&p, &counter, 100).await {
+                tokio::time::sleep(Duration::from_millis((i % 7) as u64)).await;
+                if i % 5 == 0 {
+                    // The upstream failed: nothing consumed.
+                    let back = slot.give_back();
+                    counters.release_members(&counter, &back).await.unwrap();
+                } else {
+                    commit(&counters, slot, &format!("e{i}")).await;
+                    admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let during = admitted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(during <= 100, "{during} admitted");
+    // What is left is all there for whoever asks once the leases went back.
+    for p in &proxies {
+        p.maintain(true).await;
+    }
+    let mut after = 0;
+    while let Some((slot, _)) = take(&proxies[0], &counter, 100).await {
+        commit(&counters, slot, &format!("late{after}")).await;
+        after += 1;
+    }
+    assert_eq!(during + after, 100);
+    assert_eq!(counters.committed(&counter, BUDGET).await.unwrap(), 100);
+}
+
+#[tokio::test]
+async fn a_renewed_lease_outlives_the_ttl_and_an_unrenewed_one_does_not() {
+    let ttl = Duration::from_millis(600);
+    let (counters, counter) = setup(ttl).await;
+    let leases = leases_with(&counters, "p", 1);
+    let (slot, _) = take(&leases, &counter, 2).await.unwrap();
+    assert!(
+        counters
+            .reserve(&counter, 2, "crashed", 1, BUDGET)
+            .await
+            .unwrap()
+            .admitted
+    );
+    let keeper = {
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            loop {
+                leases.maintain(false).await;
+                tokio::time::sleep(leases.tick()).await;
+            }
+        })
+    };
+    // Three TTLs later the renewed unit is still held; the crashed one is gone.
+    tokio::time::sleep(ttl * 3).await;
+    assert!(!slot.in_doubt());
+    let r = counters
+        .reserve(&counter, 2, "next", 1, BUDGET)
+        .await
+        .unwrap();
+    assert!(r.admitted, "the crashed proxy's unit came back");
+    let r = counters
+        .reserve(&counter, 2, "more", 1, BUDGET)
+        .await
+        .unwrap();
+    assert!(!r.admitted, "the slow request's unit is still held: {r:?}");
+    slot.settling();
+    let c = counters
+        .commit_members(&counter, "slow", &slot.members(), 1)
+        .await
+        .unwrap();
+    assert!(!c.hold_lost && !c.duplicate);
+    slot.committed(c.hold_lost);
+    keeper.abort();
+}
+
+#[tokio::test]
+async fn a_unit_found_gone_is_in_doubt_its_commit_still_counts_and_its_lease_hands_out_nothing_more()
+ {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let leases = leases_with(&counters, "p", 8);
+    let (slot, _) = take(&leases, &counter, 10).await.unwrap();
+    assert_eq!(leases.gauges().free, 1, "a lease of 2 (a quarter of 10)");
+    leases.renew_all().await;
+    assert!(!slot.in_doubt(), "renewed, present");
+    // Redis lost the lease (say, a restart).
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("DEL")
+        .arg(&counter.inflight_key)
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap();
+    leases.renew_all().await;
+    assert!(slot.in_doubt());
+    assert_eq!(leases.stats().lost_found, 1);
+    assert_eq!(
+        leases.gauges().free,
+        0,
+        "the lost lease's free unit is dropped"
+    );
+    let (_, asked) = take(&leases, &counter, 10).await.unwrap();
+    assert!(
+        asked,
+        "the next unit comes from a new lease, not the lost one"
+    );
+    slot.settling();
+    let c = counters
+        .commit_members(&counter, "a", &slot.members(), 1)
+        .await
+        .unwrap();
+    assert_eq!((c.count, c.hold_lost), (1, true), "delivered, so counted");
+}
+
+#[tokio::test]
+async fn a_commit_that_finds_its_unit_gone_closes_the_lease() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let leases = leases_with(&counters, "p", 8);
+    let (slot, _) = take(&leases, &counter, 100).await.unwrap();
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("DEL")
+        .arg(&counter.inflight_key)
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap();
+    commit(&counters, slot, "a").await;
+    assert_eq!(leases.gauges().free, 0);
+    let (_, asked) = take(&leases, &counter, 100).await.unwrap();
+    assert!(asked, "no unit of the lost lease is handed out");
+}
+
+#[tokio::test]
+async fn a_unit_removed_by_its_own_commit_is_not_a_loss() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let leases = leases_with(&counters, "p", 1);
+    let (slot, _) = take(&leases, &counter, 2).await.unwrap();
+    slot.settling();
+    counters
+        .commit_members(&counter, "a", &slot.members(), 1)
+        .await
+        .unwrap();
+    leases.renew_all().await;
+    assert!(!slot.in_doubt());
+    assert_eq!(leases.stats().lost_found, 0);
+    slot.committed(false);
+}
+
+#[tokio::test]
+async fn units_of_many_requests_on_one_counter_renew_in_one_round() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let leases = leases_with(&counters, "p", 1);
+    let mut slots = Vec::new();
+    for _ in 0..50 {
+        slots.push(take(&leases, &counter, 100).await.unwrap().0);
+    }
+    counters
+        .release_members(&counter, &slots[7].members())
+        .await
+        .unwrap();
+    leases.renew_all().await;
+    let doubtful: Vec<usize> = slots
         .iter()
         .enumerate()
-        .filter(|(_, g)| g.in_doubt())
+        .filter(|(_, s)| s.in_doubt())
         .map(|(i, _)| i)
         .collect();
     assert_eq!(doubtful, [7]);
-    let _ = Arc::strong_count(&holds);
+}
+
+#[tokio::test]
+async fn a_burst_larger_than_the_limit_on_two_proxies_gets_exactly_the_limit() {
+    // Every request arrives before any lease is back: without one lease step at a time
+    // per counter, each would lease a block of its own and most blocks would sit unused
+    // while the requests that asked for them were refused.
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let proxies = [
+        leases_with(&counters, "a", 32),
+        leases_with(&counters, "b", 32),
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..500usize {
+        let (p, counters, counter) = (proxies[i % 2].clone(), counters.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            match take(&p, &counter, 37).await {
+                Some((slot, _)) => {
+                    commit(&counters, slot, &format!("e{i}")).await;
+                    true
+                }
+                None => false,
+            }
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += u64::from(t.await.unwrap());
+    }
+    assert_eq!(
+        admitted, 37,
+        "no unit left unused in a lease while requests were refused"
+    );
+    assert_eq!(counters.committed(&counter, BUDGET).await.unwrap(), 37);
 }

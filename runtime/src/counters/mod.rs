@@ -1,10 +1,13 @@
 //! Exact shared counters in Redis. A hard limit is enforced by reserving a unit before
-//! the request goes upstream (one round trip, one Lua script that counts committed and
-//! in-flight units together), then committing it on success or releasing it otherwise.
+//! the request goes upstream (one Lua script that counts committed and in-flight units
+//! together), then committing it on success or releasing it otherwise. The proxy
+//! reserves in blocks ([`leases`]: one round trip per block, admitted from locally); the
+//! control plane one reservation per recording. Both are members of the same in-flight
+//! set, so every caller counts every other's.
 //!
 //! A reservation is a *hold*: it lives as long as its request, because the proxy that
-//! made it renews it while the request runs ([`holds`]); a crashed proxy stops renewing
-//! and its holds expire after the reservation TTL, giving the units back.
+//! made it renews it while the request runs; a crashed proxy stops renewing and its
+//! holds expire after the reservation TTL, giving the units back.
 //!
 //! Both the proxy (ticket traffic) and the control plane (usage reported by the ticket
 //! backend) speak this protocol, so it lives here.
@@ -28,7 +31,7 @@
 //! by both binaries from the same file): it sets how long markers are kept. Key expiries
 //! are only ever extended, never shortened.
 
-pub mod holds;
+pub mod leases;
 
 use billing_model::{Counter, CustomerId, RedisKeys};
 use redis::aio::ConnectionManager;
@@ -39,13 +42,24 @@ use time::OffsetDateTime;
 /// this), unless configured otherwise (`proxy.reservation_ttl_seconds`).
 pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(120);
 
-/// KEYS: used counter, in-flight set. ARGV: limit, seed, reservation id, reservation
-/// ttl (ms), counter ttl (s, 0 = none), units. A reservation of n units is n members
-/// `<id>#<i>`, so in-flight units are the set's cardinality.
-/// Returns {admitted (0/1), committed, in-flight including this one, seeded (0/1)}.
-const RESERVE: &str = r#"
+/// KEYS: used counter, in-flight set, lease holders. ARGV: limit, seed, reservation id,
+/// reservation ttl (ms), counter ttl (s, 0 = none), units needed, most units, holder
+/// ('' for a one-off reservation of exactly the units needed), then members to give
+/// back first (the caller's unused units of older leases on this counter).
+///
+/// A reservation of n units is n members `<id>#<i>`, so in-flight units are the set's
+/// cardinality. A lease (a holder is named) grants what the limit leaves after committed
+/// and in-flight units, divided by four times the number of holders (proxies that
+/// leased here within the TTL), capped at `most` and never below what is needed: the
+/// block shrinks as the limit nears and as more proxies share the counter.
+/// Returns {units granted (0: refused), committed, in-flight including these, seeded}.
+const LEASE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[4])
+if #ARGV > 8 then
+  redis.call('ZREM', KEYS[2], unpack(ARGV, 9))
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local used = tonumber(redis.call('GET', KEYS[1]))
 local seeded = 0
@@ -62,18 +76,30 @@ if used == nil or used < seed then
   end
 end
 local inflight = redis.call('ZCARD', KEYS[2])
-local units = tonumber(ARGV[6])
-if used + inflight + units > tonumber(ARGV[1]) then
+local needed = tonumber(ARGV[6])
+local left = tonumber(ARGV[1]) - used - inflight
+if left < needed then
   return {0, used, inflight, seeded}
 end
-for i = 1, units do
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3] .. '#' .. i)
+local size = needed
+if ARGV[8] ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  redis.call('ZADD', KEYS[3], now + ttl, ARGV[8])
+  if redis.call('PTTL', KEYS[3]) < ttl * 2 then
+    redis.call('PEXPIRE', KEYS[3], ttl * 2)
+  end
+  size = math.floor(left / (4 * redis.call('ZCARD', KEYS[3])))
+  if size > tonumber(ARGV[7]) then size = tonumber(ARGV[7]) end
+  if size < needed then size = needed end
+end
+for i = 1, size do
+  redis.call('ZADD', KEYS[2], now + ttl, ARGV[3] .. '#' .. i)
 end
 -- Only ever extend: another caller's holds may need the set longer.
-if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) * 2 then
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
+if redis.call('PTTL', KEYS[2]) < ttl * 2 then
+  redis.call('PEXPIRE', KEYS[2], ttl * 2)
 end
-return {1, used, inflight + units, seeded}
+return {size, used, inflight + size, seeded}
 "#;
 
 /// KEYS: in-flight set. ARGV: reservation ttl (ms), then members. Pushes the expiry of
@@ -98,8 +124,9 @@ return lost
 "#;
 
 /// KEYS: used counter, in-flight set, committed markers. ARGV: marker id ('' for
-/// none), reserved units (0 without a reservation), units, seed, counter ttl (s),
-/// marker lifetime (ms). Returns {committed count, hold lost (0/1), duplicate (0/1)}.
+/// none), units, seed, counter ttl (s), marker lifetime (ms), then the held members the
+/// commit settles. Returns {committed count, a held member was gone (0/1), duplicate
+/// (0/1)}.
 const COMMIT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -109,28 +136,26 @@ if id ~= '' then
   if redis.call('ZSCORE', KEYS[3], id) then
     return {tonumber(redis.call('GET', KEYS[1]) or '0'), 0, 1}
   end
-  local reserved = tonumber(ARGV[2])
-  local removed = 0
-  for i = 1, reserved do
-    removed = removed + redis.call('ZREM', KEYS[2], id .. '#' .. i)
-  end
-  if removed < reserved then lost = 1 end
-  local window = tonumber(ARGV[6])
+  local window = tonumber(ARGV[5])
   redis.call('ZADD', KEYS[3], now, id)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
   if redis.call('PTTL', KEYS[3]) < window then
     redis.call('PEXPIRE', KEYS[3], window)
   end
 end
+if #ARGV > 5 then
+  local held = #ARGV - 5
+  if redis.call('ZREM', KEYS[2], unpack(ARGV, 6)) < held then lost = 1 end
+end
 local current = tonumber(redis.call('GET', KEYS[1]))
-if current == nil or current < tonumber(ARGV[4]) then
-  if tonumber(ARGV[5]) > 0 then
-    redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[5])
+if current == nil or current < tonumber(ARGV[3]) then
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
   else
-    redis.call('SET', KEYS[1], ARGV[4])
+    redis.call('SET', KEYS[1], ARGV[3])
   end
 end
-return {redis.call('INCRBY', KEYS[1], ARGV[3]), lost, 0}
+return {redis.call('INCRBY', KEYS[1], ARGV[2]), lost, 0}
 "#;
 
 /// KEYS: used counter, committed markers. ARGV: marker id, units. Takes back a commit
@@ -153,6 +178,7 @@ pub struct CounterRef {
     pub used_key: String,
     pub inflight_key: String,
     pub committed_key: String,
+    pub holders_key: String,
     /// The ledger's figure: a missing or lower counter is raised to it.
     pub seed: u64,
     /// Key lifetime in seconds (0: forever).
@@ -178,6 +204,7 @@ impl CounterRef {
             used_key: keys.counter(customer, counter),
             inflight_key: keys.inflight(customer, counter),
             committed_key: keys.committed(customer, counter),
+            holders_key: keys.holders(customer, counter),
             seed,
             ttl_seconds,
         }
@@ -194,6 +221,37 @@ pub struct Reservation {
     pub in_flight: u64,
     /// The counter was missing and was seeded from the snapshot.
     pub seeded: bool,
+}
+
+/// The outcome of a lease request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Units granted, members `<lease id>#1..=units`; 0 when the limit leaves fewer than
+    /// were needed.
+    pub units: u32,
+    /// Units committed so far in this counter.
+    pub committed: u64,
+    /// Units in flight, including the granted ones.
+    pub in_flight: u64,
+    /// The counter was missing and was seeded from the snapshot.
+    pub seeded: bool,
+}
+
+/// What to ask of [`Counters::lease`].
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseRequest<'a> {
+    pub limit: u64,
+    pub lease_id: &'a str,
+    /// Units the request at hand needs: fewer left means a refusal.
+    pub needed: u32,
+    /// The most units to take.
+    pub most: u32,
+    /// The caller's holder id (its share shrinks as more holders lease here); `""` for
+    /// a one-off reservation of exactly `needed`.
+    pub holder: &'a str,
+    /// The caller's unused members of older leases on this counter, given back in the
+    /// same step.
+    pub give_back: &'a [String],
 }
 
 /// The outcome of a commit.
@@ -214,6 +272,8 @@ pub enum CounterError {
     Redis(#[from] redis::RedisError),
     #[error("redis did not answer within the budget")]
     Timeout,
+    #[error("a request of {0} units is more than a lease tracks (64)")]
+    TooManyUnits(u32),
 }
 
 impl CounterError {
@@ -232,7 +292,7 @@ pub struct Counters {
 }
 
 struct Scripts {
-    reserve: redis::Script,
+    lease: redis::Script,
     renew: redis::Script,
     commit: redis::Script,
     uncommit: redis::Script,
@@ -242,10 +302,14 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn members(reservation_id: &str, units: u32) -> Vec<String> {
-    (1..=units)
-        .map(|i| format!("{reservation_id}#{i}"))
-        .collect()
+/// The in-flight members of a reservation (or lease) of `units` units.
+pub fn members(reservation_id: &str, units: u32) -> Vec<String> {
+    (1..=units).map(|i| member(reservation_id, i)).collect()
+}
+
+/// The in-flight member of unit `slot` (1-based) of a reservation or lease.
+pub fn member(reservation_id: &str, slot: u32) -> String {
+    format!("{reservation_id}#{slot}")
 }
 
 impl Counters {
@@ -253,7 +317,7 @@ impl Counters {
         Self {
             redis,
             scripts: std::sync::Arc::new(Scripts {
-                reserve: redis::Script::new(RESERVE),
+                lease: redis::Script::new(LEASE),
                 renew: redis::Script::new(RENEW),
                 commit: redis::Script::new(COMMIT),
                 uncommit: redis::Script::new(UNCOMMIT),
@@ -267,12 +331,8 @@ impl Counters {
         self.reservation_ttl
     }
 
-    /// Reserves `units` under `limit` for `reservation_id`.
-    ///
-    /// When Redis does not answer within `budget` (or answers with an error after the
-    /// command may have run, such as a response timeout), the script may still run:
-    /// the reservation is then released right behind it (same connection, so in
-    /// order), so a failed request never leaves a phantom hold behind.
+    /// Reserves exactly `units` under `limit` for `reservation_id` (a one-off
+    /// reservation; see [`Counters::lease`] for blocks).
     pub async fn reserve(
         &self,
         counter: &CounterRef,
@@ -281,29 +341,68 @@ impl Counters {
         units: u32,
         budget: Duration,
     ) -> Result<Reservation, CounterError> {
+        let request = LeaseRequest {
+            limit,
+            lease_id: reservation_id,
+            needed: units,
+            most: units,
+            holder: "",
+            give_back: &[],
+        };
+        let grant = self.lease(counter, &request, budget).await?;
+        Ok(Reservation {
+            admitted: grant.units > 0,
+            committed: grant.committed,
+            in_flight: grant.in_flight,
+            seeded: grant.seeded,
+        })
+    }
+
+    /// Takes a block of units in one atomic step (see the `LEASE` script), first giving
+    /// back `request.give_back`.
+    ///
+    /// When Redis does not answer within `budget` (or answers with an error after the
+    /// command may have run, such as a response timeout), the script may still run:
+    /// whatever it may have granted is released right behind it (same connection, so
+    /// in order), so a failed call never leaves a phantom hold behind.
+    pub async fn lease(
+        &self,
+        counter: &CounterRef,
+        request: &LeaseRequest<'_>,
+        budget: Duration,
+    ) -> Result<Grant, CounterError> {
         let mut conn = self.redis.clone();
-        let mut invocation = self.scripts.reserve.key(&counter.used_key);
+        let mut invocation = self.scripts.lease.key(&counter.used_key);
         invocation
             .key(&counter.inflight_key)
-            .arg(limit)
+            .key(&counter.holders_key)
+            .arg(request.limit)
             .arg(counter.seed)
-            .arg(reservation_id)
+            .arg(request.lease_id)
             .arg(ms(self.reservation_ttl))
             .arg(counter.ttl_seconds)
-            .arg(units);
+            .arg(request.needed)
+            .arg(request.most.max(request.needed))
+            .arg(request.holder);
+        for member in request.give_back {
+            invocation.arg(member);
+        }
         let answer = tokio::time::timeout(
             budget,
-            invocation.invoke_async::<(u8, u64, u64, u8)>(&mut conn),
+            invocation.invoke_async::<(u32, u64, u64, u8)>(&mut conn),
         )
         .await;
-        let (admitted, committed, in_flight, seeded) = match answer {
+        let (units, committed, in_flight, seeded) = match answer {
             Ok(Ok(result)) => result,
             failed => {
                 let this = self.clone();
                 let counter = counter.clone();
-                let id = reservation_id.to_owned();
+                // What it may have granted, and what it may not have given back (no
+                // longer renewed by the caller, so safe to remove either way).
+                let mut granted = members(request.lease_id, request.most.max(request.needed));
+                granted.extend_from_slice(request.give_back);
                 tokio::spawn(async move {
-                    if let Err(e) = this.release(&counter, &id, units).await {
+                    if let Err(e) = this.release_members(&counter, &granted).await {
                         tracing::warn!(error = %e, "releasing a timed-out reservation failed; it will expire");
                     }
                 });
@@ -313,39 +412,34 @@ impl Counters {
                 });
             }
         };
-        Ok(Reservation {
-            admitted: admitted == 1,
+        Ok(Grant {
+            units,
             committed,
             in_flight,
             seeded: seeded == 1,
         })
     }
 
-    /// Pushes the expiry of `reservations` (id, units), all on `counter`, to now + the
-    /// reservation TTL. Returns, for each, whether it was gone (expired or lost).
+    /// Pushes the expiry of `held` members, all on `counter`, to now + the reservation
+    /// TTL. Returns the indexes (into `held`) of members that were gone (expired or
+    /// lost).
     pub async fn renew(
         &self,
         counter: &CounterRef,
-        reservations: &[(&str, u32)],
-    ) -> Result<Vec<bool>, CounterError> {
-        let mut owner = Vec::new();
+        held: &[String],
+    ) -> Result<Vec<usize>, CounterError> {
         let mut invocation = self.scripts.renew.key(&counter.inflight_key);
         invocation.arg(ms(self.reservation_ttl));
-        for (index, (id, units)) in reservations.iter().enumerate() {
-            for member in members(id, *units) {
-                invocation.arg(member);
-                owner.push(index);
-            }
+        for member in held {
+            invocation.arg(member);
         }
         let mut conn = self.redis.clone();
         let gone: Vec<usize> = invocation.invoke_async(&mut conn).await?;
-        let mut lost = vec![false; reservations.len()];
-        for position in gone {
-            if let Some(&index) = position.checked_sub(1).and_then(|p| owner.get(p)) {
-                lost[index] = true;
-            }
-        }
-        Ok(lost)
+        Ok(gone
+            .into_iter()
+            .filter_map(|position| position.checked_sub(1))
+            .filter(|&i| i < held.len())
+            .collect())
     }
 
     /// Counts `units` delivered units. `reservation_id` (with `reserved` units held
@@ -358,17 +452,38 @@ impl Counters {
         reserved: u32,
         units: u32,
     ) -> Result<Committed, CounterError> {
+        self.commit_members(
+            counter,
+            reservation_id,
+            &members(reservation_id, reserved),
+            units,
+        )
+        .await
+    }
+
+    /// Counts `units` delivered units, settling the `held` members (a lease's slots, or
+    /// a reservation's). `marker` (`""` for none) makes the commit idempotent: a retry
+    /// with the same marker counts nothing.
+    pub async fn commit_members(
+        &self,
+        counter: &CounterRef,
+        marker: &str,
+        held: &[String],
+        units: u32,
+    ) -> Result<Committed, CounterError> {
         let mut conn = self.redis.clone();
         let mut invocation = self.scripts.commit.key(&counter.used_key);
         invocation
             .key(&counter.inflight_key)
             .key(&counter.committed_key)
-            .arg(reservation_id)
-            .arg(reserved)
+            .arg(marker)
             .arg(units)
             .arg(counter.seed)
             .arg(counter.ttl_seconds)
             .arg(ms(self.reservation_ttl * 2));
+        for member in held {
+            invocation.arg(member);
+        }
         let (count, lost, duplicate): (u64, u8, u8) = invocation.invoke_async(&mut conn).await?;
         Ok(Committed {
             count,
@@ -402,10 +517,23 @@ impl Counters {
         reservation_id: &str,
         units: u32,
     ) -> Result<(), CounterError> {
+        self.release_members(counter, &members(reservation_id, units))
+            .await
+    }
+
+    /// Gives `held` members back.
+    pub async fn release_members(
+        &self,
+        counter: &CounterRef,
+        held: &[String],
+    ) -> Result<(), CounterError> {
+        if held.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.redis.clone();
         redis::cmd("ZREM")
             .arg(&counter.inflight_key)
-            .arg(members(reservation_id, units))
+            .arg(held)
             .query_async::<i64>(&mut conn)
             .await?;
         Ok(())
