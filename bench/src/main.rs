@@ -9,6 +9,7 @@
 //!   bash bench/run.sh --smoke    # seconds: tiny loads, exactness and one drill (CI)
 
 mod phases;
+mod rate;
 mod report;
 mod servers;
 mod wrk;

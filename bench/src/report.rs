@@ -24,8 +24,11 @@ pub struct Row {
     pub load: Load,
     /// p99 minus the direct baseline's p99 (same method), in ms.
     pub added_p99_ms: Option<f64>,
-    /// CPU time of the proxy process (tollgate or nginx) per request, in µs.
+    /// CPU time of the proxy process (tollgate, bare pingora or nginx) per request, µs.
     pub cpu_us_per_request: Option<f64>,
+    /// CPU time per request of the processes behind it (Redis, the control plane,
+    /// PostgreSQL), µs, measured over the same row.
+    pub cpu_us_behind: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -124,12 +127,21 @@ impl Report {
             self.mode, self.machine, self.started_at
         );
         md.push_str(
-            "| row | req/s | p50 ms | p99 ms | p99.9 ms | added p99 ms | CPU µs/req | non-2xx |\n",
+            "| row | req/s | p50 ms | p99 ms | p99.9 ms | added p99 ms | CPU µs/req | Redis / CP / PG µs/req | non-2xx |\n",
         );
-        md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         for r in &self.throughput {
+            let behind = if r.cpu_us_behind.is_empty() {
+                "—".to_owned()
+            } else {
+                r.cpu_us_behind
+                    .iter()
+                    .map(|(_, us)| format!("{us:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            };
             md.push_str(&format!(
-                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |\n",
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
                 r.name,
                 r.load.rps,
                 r.load.p50_us / 1000.0,
@@ -141,6 +153,7 @@ impl Report {
                 r.cpu_us_per_request
                     .map(|v| format!("{v:.0}"))
                     .unwrap_or_else(|| "—".into()),
+                behind,
                 r.load.non_2xx + r.load.errors,
             ));
         }

@@ -157,6 +157,19 @@ impl Postgres {
         self.ctl("restart")
     }
 
+    /// The postmaster and its children (backends, background workers) right now.
+    pub fn pids(&self) -> Vec<u32> {
+        let Some(main) = std::fs::read_to_string(self.dir.join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        else {
+            return Vec::new();
+        };
+        let mut pids = vec![main];
+        pids.extend(crate::phases::children(main));
+        pids
+    }
+
     pub fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
@@ -174,13 +187,36 @@ impl Drop for Postgres {
     }
 }
 
-/// nginx as the baseline reverse proxy: one worker, keepalive to the upstream.
+/// A bare pingora proxy (`bare-pingora`, built with the workspace): the same pingora and
+/// allocator as tollgate's proxy with nothing but `upstream_peer`, on `threads` threads.
+pub fn bare_pingora(upstream: u16, threads: usize) -> anyhow::Result<Owned> {
+    let port = free_port();
+    let child = Command::new(tollgate_e2e::binary("bare-pingora")?)
+        .args([
+            format!("127.0.0.1:{port}"),
+            format!("127.0.0.1:{upstream}"),
+            threads.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting bare-pingora")?;
+    wait_for_port(port, Duration::from_secs(10))?;
+    Ok(Owned {
+        child,
+        port,
+        graceful: false,
+    })
+}
+
+/// nginx as the baseline reverse proxy: two workers (as many as the proxy's threads),
+/// keepalive to the upstream.
 pub fn nginx(scratch: &Path, upstream: u16) -> anyhow::Result<Owned> {
     let port = free_port();
     let dir = scratch.join("nginx");
     std::fs::create_dir_all(dir.join("logs"))?;
     let conf = format!(
-        r#"worker_processes 1;
+        r#"worker_processes 2;
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/logs/error.log warn;
