@@ -24,8 +24,11 @@ use tollgate_runtime::counters::{CounterRef, Counters};
 /// back for a whole reservation TTL by a Redis that is plainly down.
 const REFUSED_COMMIT_GIVE_UP: Duration = Duration::from_secs(5);
 
-/// The most successes one script call commits (its arguments grow with leased members).
+/// The most successes one wake-up takes from the queue.
 const MAX_BATCH: usize = 256;
+
+/// The most leased members one script call settles (its arguments grow with them).
+const MAX_MEMBERS: usize = 2_048;
 
 /// One success to count.
 pub struct Commit {
@@ -74,13 +77,15 @@ impl Committer {
                         .push(next);
                     taken += 1;
                 }
-                for batch in by_counter.into_values() {
-                    tokio::spawn(commit_batch(
-                        counters.clone(),
-                        metrics.clone(),
-                        task_pending.clone(),
-                        batch,
-                    ));
+                for commits in by_counter.into_values() {
+                    for batch in split_by_members(commits) {
+                        tokio::spawn(commit_batch(
+                            counters.clone(),
+                            metrics.clone(),
+                            task_pending.clone(),
+                            batch,
+                        ));
+                    }
                 }
             }
         });
@@ -95,11 +100,31 @@ impl Committer {
         self.pending.fetch_add(1, Ordering::Relaxed);
         if let Err(mpsc::error::SendError(lost)) = self.queue.send(commit) {
             // The task is gone (the runtime is shutting down): the event ships without
-            // its commit and the ledger raises the counter.
+            // its commit and the ledger raises the counter; the delivered unit is never
+            // handed out again.
             self.pending.fetch_sub(1, Ordering::Relaxed);
-            drop(lost);
+            if let Some(slot) = lost.slot {
+                // Nothing runs to give its lease's free units back: they expire.
+                let _expire = slot.forget();
+            }
         }
     }
+}
+
+/// Splits one counter's commits so no call settles more than [`MAX_MEMBERS`] members.
+fn split_by_members(commits: Vec<Commit>) -> Vec<Vec<Commit>> {
+    let mut batches = vec![Vec::new()];
+    let mut members = 0;
+    for c in commits {
+        let n = c.slot.as_ref().map_or(0, |s| s.units() as usize);
+        if members + n > MAX_MEMBERS && !batches.last().is_none_or(Vec::is_empty) {
+            batches.push(Vec::new());
+            members = 0;
+        }
+        members += n;
+        batches.last_mut().expect("one batch at least").push(c);
+    }
+    batches
 }
 
 /// Commits the successes of one counter in one call, retried until it lands or is
@@ -137,12 +162,18 @@ async fn commit_batch(
     // failure was a refused connection, and giving up early cannot leave a commit to
     // land after the ledger has raised the counter.
     let mut uncertain = false;
+    let mut attempt = 0u32;
     let landed = loop {
+        attempt += 1;
         match counters
             .commit_members(&counter, &marker, &held, units)
             .await
         {
             Ok(c) => {
+                if c.duplicate && attempt == 1 {
+                    // A fresh marker found already there: never expected.
+                    tracing::error!(marker = %marker, "a first commit attempt was a duplicate");
+                }
                 if c.hold_lost {
                     metrics.holds_lost.with_label_values(&["commit"]).inc();
                     tracing::warn!(
@@ -171,18 +202,25 @@ async fn commit_batch(
             }
         }
     };
+    // Free units of leases a lost member closed: still reserved, so given back.
+    let mut stranded = Vec::new();
     for c in batch {
         match (&landed, c.slot) {
-            // A member gone means Redis lost the lease: it hands out nothing more.
-            (Some(done), Some(slot)) => slot.committed(done.hold_lost),
+            // A member gone means Redis lost a lease: it hands out nothing more.
+            (Some(done), Some(slot)) => stranded.extend(slot.committed(done.hold_lost)),
             // Delivered but not counted here: never handed out again.
-            (None, Some(slot)) => slot.forget(),
+            (None, Some(slot)) => stranded.extend(slot.forget()),
             (_, None) => {}
         }
         if let Some(done) = &landed {
             c.entitlement.observe_used(done.count);
         }
         drop(c.ticket);
+    }
+    if !stranded.is_empty()
+        && let Err(e) = counters.release_members(&counter, &stranded).await
+    {
+        tracing::warn!(error = %e, "giving back units of a closed lease failed; they expire");
     }
     pending.fetch_sub(n, Ordering::Relaxed);
 }

@@ -10,10 +10,10 @@
 //!    when no lease has one left; see `tollgate_runtime::counters::leases`) unless the
 //!    customer is known to be exhausted (refused from memory). The unit is held, and
 //!    renewed, for as long as the request runs.
-//! 5. On a 2xx from the upstream: make sure the hold still stands (or take a unit again),
-//!    log the usage event (before the response leaves) and commit the reservation off
-//!    the request path. If the unit can be neither held nor logged, the success is
-//!    withheld: a unit delivered is a unit recorded and counted. Otherwise, or if no
+//! 5. On a 2xx from the upstream: note whether the hold may have been lost (counted all
+//!    the same: the unit was delivered), log the usage event (before the response
+//!    leaves) and commit the reservation off the request path. If the unit cannot be
+//!    logged, the success is withheld: a unit delivered is a unit recorded and counted. Otherwise, or if no
 //!    response comes: hand it back to its lease (no round trip).
 //!
 //! No per-request call to PostgreSQL or to the control plane.

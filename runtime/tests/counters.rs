@@ -302,11 +302,13 @@ async fn take(leases: &Arc<Leases>, counter: &CounterRef, limit: u64) -> Option<
 
 async fn commit(counters: &Counters, slot: Slot, marker: &str) -> u64 {
     slot.settling();
+    let counter = slot.counter().clone();
     let c = counters
-        .commit_members(slot.counter(), marker, &slot.members(), 1)
+        .commit_members(&counter, marker, &slot.members(), 1)
         .await
         .unwrap();
-    slot.committed(c.hold_lost);
+    let back = slot.committed(c.hold_lost);
+    counters.release_members(&counter, &back).await.unwrap();
     c.count
 }
 
@@ -546,7 +548,7 @@ async fn a_renewed_lease_outlives_the_ttl_and_an_unrenewed_one_does_not() {
         .await
         .unwrap();
     assert!(!c.hold_lost && !c.duplicate);
-    slot.committed(c.hold_lost);
+    assert!(slot.committed(c.hold_lost).is_empty());
     keeper.abort();
 }
 
@@ -625,7 +627,7 @@ async fn a_unit_removed_by_its_own_commit_is_not_a_loss() {
     leases.renew_all().await;
     assert!(!slot.in_doubt());
     assert_eq!(leases.stats().lost_found, 0);
-    slot.committed(false);
+    assert!(slot.committed(false).is_empty());
 }
 
 #[tokio::test]
@@ -682,4 +684,76 @@ async fn a_burst_larger_than_the_limit_on_two_proxies_gets_exactly_the_limit() {
         "no unit left unused in a lease while requests were refused"
     );
     assert_eq!(counters.committed(&counter, BUDGET).await.unwrap(), 37);
+}
+
+#[tokio::test]
+async fn a_burst_at_the_limit_is_refused_without_a_round_trip_per_request() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let p = leases_with(&counters, "p", 32);
+    for i in 0..5 {
+        let (slot, _) = take(&p, &counter, 5).await.unwrap();
+        commit(&counters, slot, &format!("e{i}")).await;
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        let (p, counter) = (p.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            p.acquire(&counter, 5, 1, BUDGET).await.unwrap()
+        }));
+    }
+    let mut asked = 0;
+    for t in tasks {
+        let (answer, round_trip) = t.await.unwrap();
+        assert!(
+            matches!(answer, Acquired::Refused { committed: 5, .. }),
+            "{answer:?}"
+        );
+        asked += u32::from(round_trip);
+    }
+    assert!(
+        asked < 30,
+        "requests queued behind a refused lease step share its answer: {asked} round trips"
+    );
+}
+
+#[tokio::test]
+async fn a_unit_handed_back_to_a_lease_a_newer_one_closed_goes_to_redis() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let p = leases_with(&counters, "p", 4);
+    // A lease of 4 under a limit of 100, every unit in flight.
+    let mut running = Vec::new();
+    for _ in 0..4 {
+        running.push(take(&p, &counter, 100).await.unwrap().0);
+    }
+    // The limit rises; the next request needs a new lease, which closes the first.
+    let (_newer, asked) = take(&p, &counter, 200).await.unwrap();
+    assert!(asked);
+    let back = running.pop().unwrap().give_back();
+    assert_eq!(back.len(), 1, "not back into the closed lease");
+    counters.release_members(&counter, &back).await.unwrap();
+    assert_eq!(inflight(&redis_url(), &counter).await, 3 + 4);
+}
+
+#[tokio::test]
+async fn a_commit_settling_more_members_than_lua_can_unpack_at_once_counts_them_all() {
+    // Lua's unpack takes about 8,000 values; a batch of commits can settle more.
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    assert!(
+        counters
+            .reserve(&counter, 20_000, "big", 10_000, BUDGET)
+            .await
+            .unwrap()
+            .admitted
+    );
+    let c = counters
+        .commit(&counter, "big", 10_000, 10_000)
+        .await
+        .unwrap();
+    assert_eq!((c.count, c.hold_lost, c.duplicate), (10_000, false, false));
+    assert_eq!(inflight(&redis_url(), &counter).await, 0);
+    let retry = counters
+        .commit(&counter, "big", 10_000, 10_000)
+        .await
+        .unwrap();
+    assert_eq!((retry.count, retry.duplicate), (10_000, true));
 }

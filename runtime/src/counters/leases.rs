@@ -19,8 +19,14 @@
 //! `idle`, when it is older than `max_age`, when the request at hand needs more than
 //! this proxy's leases have (given back in the same step that leases anew), at shutdown,
 //! and when a renewal or a commit finds the lease gone from Redis (then they are
-//! dropped, never handed out: they are no longer reserved). A request that fails hands
-//! its slot back to its lease, without a round trip.
+//! closed and what Redis still holds of them is given back). A request that fails hands
+//! its slot back to its lease, without a round trip (or to Redis, if the lease closed
+//! meanwhile). Leasing anew closes the counter's older leases, so a lease never admits
+//! under a limit lower than the one it was granted under.
+//!
+//! **Bursts.** One lease step per counter at a time: requests arriving meanwhile wait
+//! for it and take from what it brings; a step refused while they waited answers them
+//! too, so a burst at the limit is refused at once instead of queuing round trips.
 //!
 //! **Size.** The lease script grants what the limit leaves divided by four times the
 //! number of proxies that leased on the counter within the TTL, capped at `max_units`,
@@ -109,7 +115,7 @@ pub struct Leases {
     epoch: Instant,
     live: Mutex<HashMap<String, Vec<Arc<Lease>>>>,
     /// One lease step at a time per counter (see [`Leases::acquire`]).
-    gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Gate>>>>,
     leases: AtomicU64,
     leased_units: AtomicU64,
     returned_units: AtomicU64,
@@ -124,6 +130,25 @@ impl std::fmt::Debug for Leases {
             .field("holder", &self.holder)
             .field("gauges", &self.gauges())
             .finish()
+    }
+}
+
+/// The turn to lease on one counter, and what the last lease step answered.
+#[derive(Debug, Default)]
+struct Gate {
+    /// The last lease step was refused: when (registry ms), committed, in flight.
+    refused: Option<(u64, u64, u64)>,
+}
+
+impl Gate {
+    /// The refusal of a lease step that ended after `arrived`, if the last one was.
+    fn refused_since(&self, arrived: u64) -> Option<Acquired> {
+        self.refused
+            .filter(|(at, ..)| *at >= arrived)
+            .map(|(_, committed, in_flight)| Acquired::Refused {
+                committed,
+                in_flight,
+            })
     }
 }
 
@@ -219,24 +244,17 @@ impl Lease {
         Some(mask)
     }
 
-    /// Withdraws every free slot (to be given back to Redis).
-    fn withdraw_free(&self) -> u64 {
-        let mut s = lock(&self.slots);
-        let free = s.free;
-        s.free = 0;
-        s.outstanding &= !free;
-        free
-    }
-
-    /// Its members are no longer trusted to exist: hand out nothing more; free slots
-    /// are dropped (not given back: they are not reserved any more).
-    fn close_lost(&self) -> u64 {
+    /// Hands out nothing more; returns the members of its free slots, to be given back
+    /// to Redis (harmless for members Redis already lost). Units its running requests
+    /// hand back later go to Redis too, never to this lease.
+    fn close(&self) -> Vec<String> {
         let mut s = lock(&self.slots);
         s.closed = true;
         let free = s.free;
         s.free = 0;
         s.outstanding &= !free;
-        free
+        drop(s);
+        self.members(free)
     }
 
     fn free_count(&self) -> u64 {
@@ -307,21 +325,27 @@ impl Leases {
             .entry(counter.used_key.clone())
             .or_default()
             .clone();
+        let arrived = self.now_ms();
         let wait = (budget * 20).max(Duration::from_millis(200));
-        let Ok(_turn) = tokio::time::timeout(wait, gate.lock()).await else {
+        let Ok(mut turn) = tokio::time::timeout(wait, gate.lock()).await else {
             return Err(CounterError::Timeout);
         };
         if let Some(admitted) = self.take_local(counter, limit, units) {
             return Ok((admitted, false));
         }
+        if let Some(answer) = turn.refused_since(arrived) {
+            // A lease step refused while this request waited: the limit is reached (or
+            // held by requests in flight); asking again now would only queue the burst.
+            return Ok((answer, false));
+        }
         let now = self.now_ms();
         let mut give_back: Vec<String> = Vec::new();
         if let Some(list) = lock(&self.live).get(&counter.used_key) {
-            // None has room: their free slots go back in the lease step, so this proxy
-            // never refuses a request while it sits on units itself.
+            // None has room (or may admit under this limit): they close, and their free
+            // slots go back in the lease step, so this proxy never refuses a request
+            // while it sits on units itself.
             for lease in list {
-                let free = lease.withdraw_free();
-                give_back.extend(lease.members(free));
+                give_back.extend(lease.close());
             }
         }
         self.returned_units
@@ -339,12 +363,14 @@ impl Leases {
         let started = self.now_ms();
         let grant = self.counters.lease(counter, &request, budget).await?;
         if grant.units == 0 {
+            turn.refused = Some((self.now_ms(), grant.committed, grant.in_flight));
             let refused = Acquired::Refused {
                 committed: grant.committed,
                 in_flight: grant.in_flight,
             };
             return Ok((refused, true));
         }
+        turn.refused = None;
         self.leases.fetch_add(1, Ordering::Relaxed);
         self.leased_units
             .fetch_add(u64::from(grant.units), Ordering::Relaxed);
@@ -466,13 +492,15 @@ impl Leases {
         }
         // Gates of counters nobody is leasing on any more.
         lock(&self.gates).retain(|_, gate| Arc::strong_count(gate) > 1);
-        for (counter, members) in back {
+        // Side by side: a slow Redis must not hold renewal back behind many counters.
+        let releases = back.into_iter().map(|(counter, members)| async move {
             self.returned_units
                 .fetch_add(members.len() as u64, Ordering::Relaxed);
             if let Err(e) = self.counters.release_members(&counter, &members).await {
                 tracing::warn!(error = %e, "giving unused leased units back failed; they expire");
             }
-        }
+        });
+        futures_util::future::join_all(releases).await;
     }
 
     /// Renews the outstanding slots of every lease (one script call per counter).
@@ -503,8 +531,13 @@ impl Leases {
                         let (index, bit) = owners[i];
                         gone_by_lease[index] |= bit;
                     }
+                    let mut back = Vec::new();
                     for (lease, gone) in group.iter().zip(gone_by_lease) {
-                        self.settle_renewal(lease, gone, started);
+                        back.extend(self.settle_renewal(lease, gone, started));
+                    }
+                    if let Err(e) = self.counters.release_members(&group[0].counter, &back).await
+                    {
+                        tracing::warn!(error = %e, "giving back units of a lost lease failed; they expire");
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "renewing leased units failed; retrying"),
@@ -514,7 +547,9 @@ impl Leases {
         self.renewals.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn settle_renewal(&self, lease: &Lease, gone: u64, started: u64) {
+    /// Applies a renewal's answer; returns free members of a lease it closed (to give
+    /// back: those Redis still has are reserved for nobody).
+    fn settle_renewal(&self, lease: &Lease, gone: u64, started: u64) -> Vec<String> {
         let mut s = lock(&lease.slots);
         // Gone because their commit landed (or they were given back) meanwhile: as it
         // should be.
@@ -522,17 +557,17 @@ impl Leases {
         if gone == 0 {
             drop(s);
             lease.confirmed_ms.fetch_max(started, Ordering::Relaxed);
-            return;
+            return Vec::new();
         }
         // Redis lost them (a restart, a failover): nothing of this lease is handed out
         // any more; running requests on a lost slot are in doubt.
-        s.closed = true;
         let in_use_lost = gone & !s.free;
-        s.outstanding &= !(gone | s.free);
-        s.free = 0;
+        s.outstanding &= !gone;
         s.lost |= in_use_lost;
+        drop(s);
         self.lost_found
             .fetch_add(u64::from(in_use_lost.count_ones()), Ordering::Relaxed);
+        lease.close()
     }
 
     /// How often [`Leases::maintain`] should run.
@@ -591,9 +626,11 @@ impl Slot {
         lock(&self.lease.slots).settling |= self.mask;
     }
 
-    /// The commit landed. `lease_gone`: it found a held member gone, so Redis lost the
-    /// lease — its free slots are dropped, never handed out.
-    pub fn committed(mut self, lease_gone: bool) {
+    /// The commit landed. `lease_gone`: it found a held member gone, so Redis lost a
+    /// lease — this one hands out nothing more, and the members of its free slots are
+    /// returned to be given back in Redis.
+    #[must_use = "members returned must be released in Redis"]
+    pub fn committed(mut self, lease_gone: bool) -> Vec<String> {
         self.settled = true;
         let mut s = lock(&self.lease.slots);
         s.outstanding &= !self.mask;
@@ -601,15 +638,19 @@ impl Slot {
         s.lost &= !self.mask;
         drop(s);
         if lease_gone {
-            self.lease.close_lost();
+            self.lease.close()
+        } else {
+            Vec::new()
         }
     }
 
     /// The commit was abandoned (Redis unreachable for long): the unit was delivered and
     /// its event ships, so the slot is never handed out again; it is no longer renewed
-    /// and expires, and the lease hands out nothing more (Redis is in trouble).
-    pub fn forget(self) {
-        self.committed(true);
+    /// and expires, and the lease hands out nothing more (Redis is in trouble). Returns
+    /// the lease's free members, to give back if Redis answers again.
+    #[must_use = "members returned must be released in Redis"]
+    pub fn forget(self) -> Vec<String> {
+        self.committed(true)
     }
 
     /// The request consumed nothing: its slots go back to the lease, or — if the lease

@@ -57,8 +57,9 @@ const LEASE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[4])
-if #ARGV > 8 then
-  redis.call('ZREM', KEYS[2], unpack(ARGV, 9))
+-- In chunks: Lua's unpack takes a few thousand values at most.
+for i = 9, #ARGV, 500 do
+  redis.call('ZREM', KEYS[2], unpack(ARGV, i, math.min(i + 499, #ARGV)))
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local used = tonumber(redis.call('GET', KEYS[1]))
@@ -131,21 +132,14 @@ const COMMIT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = ARGV[1]
-local lost = 0
-if id ~= '' then
-  if redis.call('ZSCORE', KEYS[3], id) then
-    return {tonumber(redis.call('GET', KEYS[1]) or '0'), 0, 1}
-  end
-  local window = tonumber(ARGV[5])
-  redis.call('ZADD', KEYS[3], now, id)
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
-  if redis.call('PTTL', KEYS[3]) < window then
-    redis.call('PEXPIRE', KEYS[3], window)
-  end
+if id ~= '' and redis.call('ZSCORE', KEYS[3], id) then
+  return {tonumber(redis.call('GET', KEYS[1]) or '0'), 0, 1}
 end
-if #ARGV > 5 then
-  local held = #ARGV - 5
-  if redis.call('ZREM', KEYS[2], unpack(ARGV, 6)) < held then lost = 1 end
+local lost = 0
+-- In chunks: Lua's unpack takes a few thousand values at most.
+for i = 6, #ARGV, 500 do
+  local last = math.min(i + 499, #ARGV)
+  if redis.call('ZREM', KEYS[2], unpack(ARGV, i, last)) < last - i + 1 then lost = 1 end
 end
 local current = tonumber(redis.call('GET', KEYS[1]))
 if current == nil or current < tonumber(ARGV[3]) then
@@ -155,7 +149,18 @@ if current == nil or current < tonumber(ARGV[3]) then
     redis.call('SET', KEYS[1], ARGV[3])
   end
 end
-return {redis.call('INCRBY', KEYS[1], ARGV[2]), lost, 0}
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+-- The marker last: a script that fails midway (its earlier writes stay) leaves none,
+-- so its retry counts.
+if id ~= '' then
+  local window = tonumber(ARGV[5])
+  redis.call('ZADD', KEYS[3], now, id)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+  if redis.call('PTTL', KEYS[3]) < window then
+    redis.call('PEXPIRE', KEYS[3], window)
+  end
+end
+return {count, lost, 0}
 "#;
 
 /// KEYS: used counter, committed markers. ARGV: marker id, units. Takes back a commit
