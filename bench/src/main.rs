@@ -9,6 +9,7 @@
 //!   bash bench/run.sh --smoke    # seconds: tiny loads, exactness and one drill (CI)
 
 mod phases;
+mod profile;
 mod rate;
 mod report;
 mod servers;
@@ -25,6 +26,10 @@ struct Cli {
     /// Where latest.json and latest.md go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// Also record a cpu-clock profile (`perf record`) of the measured process on every
+    /// saturating row; each row's top functions go to `<out>/profiles/<row>.txt`.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,7 +51,8 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let report = runtime.block_on(phases::run(cli.smoke, &scratch, redis, &postgres))?;
+    let profiles = cli.profile.then(|| cli.out.join("profiles"));
+    let report = runtime.block_on(phases::run(profiles, cli.smoke, &scratch, redis, &postgres))?;
     std::fs::create_dir_all(&cli.out)?;
     std::fs::write(
         cli.out.join("latest.json"),

@@ -86,6 +86,7 @@ pub(crate) fn children(pid: u32) -> Vec<u32> {
 }
 
 pub async fn run(
+    profile_dir: Option<std::path::PathBuf>,
     smoke: bool,
     scratch: &Path,
     redis: Owned,
@@ -108,8 +109,8 @@ pub async fn run(
         &tokens,
         scratch,
         smoke,
-        redis.child.id(),
-        postgres,
+        behind_the_proxy(&stack, redis.child.id(), postgres),
+        profile_dir,
     )
     .await?;
     exactness(&mut report, &stack, &tokens, extra_port).await?;
@@ -141,6 +142,22 @@ fn cpu_of(groups: &[(String, Vec<u32>)]) -> Vec<f64> {
         .collect()
 }
 
+/// The processes behind the proxy whose CPU each row also reports.
+fn behind_the_proxy(stack: &Stack, redis_pid: u32, postgres: &Postgres) -> Vec<(String, Vec<u32>)> {
+    vec![
+        ("redis".into(), vec![redis_pid]),
+        (
+            "control plane".into(),
+            stack
+                .control_plane
+                .as_ref()
+                .map(|p| vec![p.pid()])
+                .unwrap_or_default(),
+        ),
+        ("postgres".into(), postgres.pids()),
+    ]
+}
+
 /// How a row's load is generated.
 enum Drive {
     /// wrk at saturation: `connections` connections for the row's seconds.
@@ -155,8 +172,8 @@ async fn throughput(
     tokens: &Tokens,
     scratch: &Path,
     smoke: bool,
-    redis_pid: u32,
-    postgres: &Postgres,
+    behind: Vec<(String, Vec<u32>)>,
+    profile_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     let (start, end) = period();
     stack
@@ -182,18 +199,6 @@ async fn throughput(
     let bare = servers::bare_pingora(stack.ports.upstream, 2)?;
     let via_bare = format!("http://127.0.0.1:{}/api/v1/tickets", bare.port);
     let proxy_pid = stack.proxy.as_ref().map(|p| p.pid()).unwrap_or(0);
-    let behind: Vec<(String, Vec<u32>)> = vec![
-        ("redis".into(), vec![redis_pid]),
-        (
-            "control plane".into(),
-            stack
-                .control_plane
-                .as_ref()
-                .map(|p| vec![p.pid()])
-                .unwrap_or_default(),
-        ),
-        ("postgres".into(), postgres.pids()),
-    ];
     let rate = if smoke { 200 } else { 2_000 };
     let (seconds, connections) = if smoke { (1, 8) } else { (10, 32) };
     let upstream = format!("http://127.0.0.1:{}/api/v1/tickets", stack.ports.upstream);
@@ -286,6 +291,13 @@ async fn throughput(
             .map(|p| servers::cpu_seconds(*p))
             .sum();
         let behind_before = cpu_of(&behind);
+        // `--profile`: a cpu-clock profile of the measured process while the row runs.
+        let profiler = match (&profile_dir, &pids, &drive) {
+            (Some(dir), Some(pids), Drive::Saturate) if !pids.is_empty() => {
+                crate::profile::start(dir, &name, pids[0], seconds)
+            }
+            _ => None,
+        };
         let load = match drive {
             Drive::Saturate => wrk::run(
                 scratch,
@@ -301,6 +313,9 @@ async fn throughput(
             .flatten()
             .map(|p| servers::cpu_seconds(*p))
             .sum();
+        if let Some(profiler) = profiler {
+            profiler.finish();
+        }
         let per_request = |cpu: f64| cpu * 1e6 / (load.requests.max(1) as f64);
         let cpu = pids.as_ref().map(|_| per_request(cpu_after - cpu_before));
         let cpu_us_behind = behind

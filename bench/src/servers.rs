@@ -159,7 +159,7 @@ impl Postgres {
 
     /// The postmaster and its children (backends, background workers) right now.
     pub fn pids(&self) -> Vec<u32> {
-        let Some(main) = std::fs::read_to_string(self.dir.join("postmaster.pid"))
+        let Some(main) = std::fs::read_to_string(self.dir.join("data").join("postmaster.pid"))
             .ok()
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
         else {
