@@ -29,6 +29,8 @@ pub struct TrueUpReport {
     pub cents_billed: i64,
     /// Periods whose true-up failed this run (retried next run).
     pub failures: u64,
+    /// Final sweeps of ended subscriptions finished for an ending that left them undone.
+    pub sweeps_resumed: u64,
 }
 
 struct BilledPeriod {
@@ -80,6 +82,7 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<TrueUpReport> {
             }
         }
     }
+    resume_sweeps(state, gateway, &mut report).await?;
     if report.parts_billed > 0 {
         tracing::info!(
             parts = report.parts_billed,
@@ -89,6 +92,49 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<TrueUpReport> {
         );
     }
     Ok(report)
+}
+
+/// Sweeps of ended subscriptions' waiting items that an ending decided and nothing
+/// finished (a crash after the commit, Stripe down through the quick retries).
+async fn resume_sweeps(
+    state: &AppState,
+    gateway: &crate::stripe::StripeGateway,
+    report: &mut TrueUpReport,
+) -> anyhow::Result<()> {
+    let left: Vec<(String, OffsetDateTime, String, Option<String>)> = sqlx::query_as(
+        "SELECT o.customer_id, o.billing_period_start, o.stripe_invoice_id, c.stripe_customer_id
+         FROM overage_charges o JOIN customers c USING (customer_id)
+         WHERE o.stripe_invoice_id LIKE 'sweep:%'
+           AND o.created_at < now() - make_interval(secs => $1)
+         ORDER BY o.created_at LIMIT 100",
+    )
+    .bind(part::STALE_AFTER.as_seconds_f64())
+    .fetch_all(&state.pool)
+    .await?;
+    for (customer, period_start, marker, stripe_customer) in left {
+        let subscription = marker
+            .strip_prefix(crate::overage::SWEEP_PREFIX)
+            .unwrap_or_default();
+        let Some(stripe_customer) = stripe_customer else {
+            continue;
+        };
+        if let Err(e) = crate::overage::sweep_ended(
+            &state.pool,
+            gateway,
+            &customer,
+            &stripe_customer,
+            subscription,
+            period_start,
+        )
+        .await
+        {
+            report.failures += 1;
+            tracing::warn!(error = %e, customer = %customer, "final sweep failed; will retry");
+        } else {
+            report.sweeps_resumed += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Bills what the period's ledger usage adds to its parts, or first a part an earlier

@@ -344,7 +344,11 @@ pub async fn decide_ended(
         PeriodState::Billed { .. } => Ok(None),
         PeriodState::Unbilled => {
             let Some(due) = overage_due(tx, plan, customer, period_start).await? else {
-                record_within_allowance(tx, customer, period_start, period_end, plan, "none")
+                // Marked `sweep:<subscription>` until the sweep of earlier periods'
+                // waiting items is done, so the true-up job resumes a sweep that a
+                // crash or a Stripe outage left undone.
+                let sweep = format!("{SWEEP_PREFIX}{subscription}");
+                record_within_allowance(tx, customer, period_start, period_end, plan, &sweep)
                     .await?;
                 return Ok(Some(ended(true)));
             };
@@ -358,8 +362,8 @@ pub async fn decide_ended(
 
 /// Bills what [`decide_ended`] recorded, once its transaction has committed (it waits
 /// for it: the period's lock is held until then). A transaction that rolled back left
-/// nothing, and nothing is billed; a part this cannot bill (Stripe down, a crash) stays
-/// pending and the true-up job resumes it.
+/// nothing, and nothing is billed; a part (or a sweep) this cannot finish (Stripe down,
+/// a crash) stays recorded and the true-up job resumes it.
 pub async fn finish_ended(
     pool: &PgPool,
     gateway: &StripeGateway,
@@ -373,7 +377,8 @@ pub async fn finish_ended(
         PeriodState::Unbilled => Ok(None),
         PeriodState::Billed { .. } => {
             if ended.within_allowance {
-                sweep_pending_items(
+                sweep_ended(
+                    pool,
                     gateway,
                     &ended.customer,
                     &ended.stripe_customer,
@@ -389,6 +394,41 @@ pub async fn finish_ended(
             Ok(billed.map(|b| OverageCharge::of(*part, b)))
         }
     }
+}
+
+/// What a within-allowance period's row holds as its invoice while the sweep of an
+/// ended subscription ([`sweep_ended`]) is still to be done: `sweep:<subscription>`.
+pub const SWEEP_PREFIX: &str = "sweep:";
+
+/// Sweeps an ended subscription's waiting items (see [`sweep_pending_items`]) and marks
+/// the period's row done; safe to repeat (the same keys, and a sweep with nothing left
+/// to collect does nothing).
+pub async fn sweep_ended(
+    pool: &PgPool,
+    gateway: &StripeGateway,
+    customer: &str,
+    stripe_customer: &str,
+    subscription: &str,
+    period_start: OffsetDateTime,
+) -> Result<(), OverageError> {
+    sweep_pending_items(
+        gateway,
+        customer,
+        stripe_customer,
+        subscription,
+        period_start,
+    )
+    .await?;
+    sqlx::query(
+        "UPDATE overage_charges SET stripe_invoice_id = 'none'
+         WHERE customer_id = $1 AND billing_period_start = $2 AND stripe_invoice_id = $3",
+    )
+    .bind(customer)
+    .bind(period_start)
+    .bind(format!("{SWEEP_PREFIX}{subscription}"))
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Overage of earlier periods may still wait for a next invoice that will not come: a

@@ -377,20 +377,104 @@ async fn overage_waiting_for_a_next_invoice_is_invoiced_when_the_subscription_en
         )
         .await;
     assert!(r.status().is_success());
-    let mut invoiced = Value::Null;
+    // The sweep runs once the ending has committed: wait for its invoice to be paid.
+    let mut invoice = Value::Null;
     for _ in 0..100 {
-        invoiced = app.stripe_get(&format!("/v1/invoiceitems/{item}")).await;
-        if !invoiced["invoice"].is_null() {
-            break;
+        let invoiced = app.stripe_get(&format!("/v1/invoiceitems/{item}")).await;
+        if let Some(id) = invoiced["invoice"].as_str() {
+            invoice = app.stripe_get(&format!("/v1/invoices/{id}")).await;
+            if invoice["status"] == "paid" {
+                break;
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        invoice["status"], "paid",
+        "never invoiced and paid: {invoice}"
+    );
+    assert_eq!(invoice["amount_paid"], 995);
+}
+
+/// The sweep of an ended subscription's waiting items is recorded with the ending; one
+/// that nothing finished (a crash after the commit, Stripe down through the quick
+/// retries) is finished by the true-up job.
+#[tokio::test]
+async fn a_final_sweep_left_undone_is_finished_by_the_true_up_job() {
+    use tollgate_control_plane::jobs::overage_trueup::run_once;
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let (_, _) = premium_with_usage(&app, "unswept", 40).await;
+    let (sub, stripe_customer): (String, String) = sqlx::query_as(
+        "SELECT s.stripe_subscription_id, c.stripe_customer_id
+         FROM subscriptions s JOIN customers c USING (customer_id)
+         WHERE s.customer_id = 'unswept'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let r = app
+        .call_as(
+            "unswept",
+            Method::DELETE,
+            "/api/v1/billing/subscriptions?immediately=true",
+            None,
+        )
+        .await;
+    assert!(r.status().is_success());
+    app.eventually(
+        "the ending's sweep done",
+        "SELECT count(*) = 1 FROM overage_charges
+         WHERE customer_id = 'unswept' AND units = 0 AND stripe_invoice_id = 'none'",
+    )
+    .await;
+    // As if the process had died right after the ending committed: the sweep is still
+    // to do, and an item of an earlier period waits for an invoice that will not come.
+    let item = app
+        .stripe_post(
+            "/v1/invoiceitems",
+            &[
+                ("customer", stripe_customer.as_str()),
+                ("subscription", sub.as_str()),
+                ("amount", "597"),
+                ("currency", "usd"),
+                ("description", "Overage: 3 tickets (late)"),
+            ],
+        )
+        .await;
+    let item = item["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no item: {item}"))
+        .to_owned();
+    sqlx::query(
+        "UPDATE overage_charges SET stripe_invoice_id = 'sweep:' || $1,
+             created_at = now() - interval '5 minutes'
+         WHERE customer_id = 'unswept' AND units = 0",
+    )
+    .bind(&sub)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let report = run_once(&app.state).await.unwrap();
+    assert_eq!(report.sweeps_resumed, 1);
+    let invoiced = app.stripe_get(&format!("/v1/invoiceitems/{item}")).await;
     let invoice = invoiced["invoice"]
         .as_str()
         .unwrap_or_else(|| panic!("never invoiced: {invoiced}"));
     let invoice = app.stripe_get(&format!("/v1/invoices/{invoice}")).await;
-    assert_eq!(invoice["status"], "paid", "{invoice}");
-    assert_eq!(invoice["amount_paid"], 995);
+    assert_eq!(invoice["amount_paid"], 597, "{invoice}");
+    let marker: String = sqlx::query_scalar(
+        "SELECT stripe_invoice_id FROM overage_charges WHERE customer_id = 'unswept'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(marker, "none");
+    assert_eq!(
+        run_once(&app.state).await.unwrap().sweeps_resumed,
+        0,
+        "once"
+    );
 }
 
 /// Until a row is put in `crash_released`, every write that records an invoice item in
