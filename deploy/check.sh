@@ -197,7 +197,9 @@ proxy_starts_with_config() {
     kill -0 "$proxy_pid" 2>/dev/null || break
     sleep 0.1
   done
-  [ $ok -eq 0 ] && ! curl -fsS "http://127.0.0.1:$metrics/metrics" | grep -q '^tollgate_proxy_' && ok=1
+  # grep reads the whole body (`grep -q` would quit at the first match and curl, still
+  # writing a larger scrape, would fail the pipeline under pipefail).
+  [ $ok -eq 0 ] && ! curl -fsS "http://127.0.0.1:$metrics/metrics" | grep '^tollgate_proxy_' >/dev/null && ok=1
   kill -TERM "$proxy_pid" 2>/dev/null || true
   for _ in $(seq 1 50); do kill -0 "$proxy_pid" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$proxy_pid" 2>/dev/null || true
