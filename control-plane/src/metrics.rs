@@ -313,6 +313,13 @@ impl Metrics {
         }
     }
 
+    /// Overage sent to Stripe: one place counts it, whichever path billed it.
+    pub fn overage_billed(&self, units: u64, amount: billing_model::Money) {
+        self.overage_units_billed.inc_by(units);
+        self.overage_billed_cents
+            .inc_by(u64::try_from(amount.to_cents()).unwrap_or(0));
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();

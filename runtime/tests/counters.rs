@@ -312,6 +312,17 @@ async fn commit(counters: &Counters, slot: Slot, marker: &str) -> u64 {
     c.count
 }
 
+/// Redis loses the counter's in-flight set (a restart, a failover).
+async fn lose_in_flight_units(counter: &CounterRef) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("DEL")
+        .arg(&counter.inflight_key)
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap();
+}
+
 /// Committed plus in-flight units in Redis: what the limit is checked against.
 async fn taken_in_redis(counters: &Counters, counter: &CounterRef) -> u64 {
     counters.committed(counter, BUDGET).await.unwrap() + inflight(&redis_url(), counter).await
@@ -562,16 +573,7 @@ async fn a_unit_found_gone_is_in_doubt_its_commit_still_counts_and_its_lease_han
     leases.renew_all().await;
     assert!(!slot.in_doubt(), "renewed, present");
     // Redis lost the lease (say, a restart).
-    let mut conn = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    redis::cmd("DEL")
-        .arg(&counter.inflight_key)
-        .query_async::<i64>(&mut conn)
-        .await
-        .unwrap();
+    lose_in_flight_units(&counter).await;
     leases.renew_all().await;
     assert!(slot.in_doubt());
     assert_eq!(leases.stats().lost_found, 1);
@@ -598,16 +600,7 @@ async fn a_commit_that_finds_its_unit_gone_closes_the_lease() {
     let (counters, counter) = setup(Duration::from_secs(60)).await;
     let leases = leases_with(&counters, "p", 8);
     let (slot, _) = take(&leases, &counter, 100).await.unwrap();
-    let mut conn = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    redis::cmd("DEL")
-        .arg(&counter.inflight_key)
-        .query_async::<i64>(&mut conn)
-        .await
-        .unwrap();
+    lose_in_flight_units(&counter).await;
     commit(&counters, slot, "a").await;
     assert_eq!(leases.gauges().free, 0);
     let (_, asked) = take(&leases, &counter, 100).await.unwrap();
@@ -756,4 +749,31 @@ async fn a_commit_settling_more_members_than_lua_can_unpack_at_once_counts_them_
         .await
         .unwrap();
     assert_eq!((retry.count, retry.duplicate), (10_000, true));
+}
+
+#[tokio::test]
+async fn a_lease_older_than_its_max_age_hands_out_nothing_more_and_gives_its_units_back() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let p = Leases::new(
+        counters.clone(),
+        "p".into(),
+        LeaseSettings {
+            max_units: 8,
+            // Busy (never idle), but old.
+            idle: Duration::from_secs(60),
+            max_age: Duration::from_millis(50),
+        },
+    );
+    let (_running, _) = take(&p, &counter, 100).await.unwrap();
+    assert_eq!(p.gauges().free, 7);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    p.maintain(false).await;
+    assert_eq!(p.gauges().free, 0);
+    assert_eq!(
+        inflight(&redis_url(), &counter).await,
+        1,
+        "only the running request's"
+    );
+    let (_, asked) = take(&p, &counter, 100).await.unwrap();
+    assert!(asked, "the aged lease hands out nothing more");
 }

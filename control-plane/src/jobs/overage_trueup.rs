@@ -181,11 +181,7 @@ async fn true_up(
     {
         return Ok(None);
     }
-    state.metrics.overage_units_billed.inc_by(part.units);
-    state
-        .metrics
-        .overage_billed_cents
-        .inc_by(u64::try_from(part.amount.to_cents()).unwrap_or(0));
+    state.metrics.overage_billed(part.units, part.amount);
     Ok(Some((part.units, part.amount.to_cents())))
 }
 

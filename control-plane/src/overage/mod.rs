@@ -400,9 +400,10 @@ pub async fn finish_ended(
 /// ended subscription ([`sweep_ended`]) is still to be done: `sweep:<subscription>`.
 pub const SWEEP_PREFIX: &str = "sweep:";
 
-/// Sweeps an ended subscription's waiting items (see [`sweep_pending_items`]) and marks
-/// the period's row done; safe to repeat (the same keys, and a sweep with nothing left
-/// to collect does nothing).
+/// Overage of earlier periods may still wait for a next invoice that will not come (a
+/// true-up part, a renewal draft reached late): a final invoice of its own collects it,
+/// then the period's row is marked done. Safe to repeat: the same keys, and a sweep with
+/// nothing left to collect only marks the row.
 pub async fn sweep_ended(
     pool: &PgPool,
     gateway: &StripeGateway,
@@ -411,14 +412,28 @@ pub async fn sweep_ended(
     subscription: &str,
     period_start: OffsetDateTime,
 ) -> Result<(), OverageError> {
-    sweep_pending_items(
-        gateway,
-        customer,
-        stripe_customer,
-        subscription,
-        period_start,
-    )
-    .await?;
+    if gateway
+        .has_pending_items(stripe_customer, subscription)
+        .await?
+    {
+        let start = period_start.unix_timestamp().to_string();
+        let key = ["final_sweep", customer, start.as_str()];
+        let metadata = HashMap::from([("tollgate_customer_id".to_owned(), customer.to_owned())]);
+        let payment_method = gateway.subscription_payment_method(subscription).await?;
+        let invoice = gateway
+            .open_standalone_invoice(
+                stripe_customer,
+                payment_method.as_deref(),
+                Some(subscription),
+                "Final usage of the subscription",
+                metadata,
+                &key,
+            )
+            .await?;
+        let status = gateway.finalize_and_pay(&invoice, &key).await?;
+        tracing::info!(customer, invoice = %invoice, status = ?status,
+            "pending overage of an ended subscription invoiced");
+    }
     sqlx::query(
         "UPDATE overage_charges SET stripe_invoice_id = 'none'
          WHERE customer_id = $1 AND billing_period_start = $2 AND stripe_invoice_id = $3",
@@ -428,41 +443,6 @@ pub async fn sweep_ended(
     .bind(format!("{SWEEP_PREFIX}{subscription}"))
     .execute(pool)
     .await?;
-    Ok(())
-}
-
-/// Overage of earlier periods may still wait for a next invoice that will not come: a
-/// final invoice of its own collects it (the same keys whenever it is retried).
-async fn sweep_pending_items(
-    gateway: &StripeGateway,
-    customer: &str,
-    stripe_customer: &str,
-    subscription: &str,
-    period_start: OffsetDateTime,
-) -> Result<(), OverageError> {
-    if !gateway
-        .has_pending_items(stripe_customer, subscription)
-        .await?
-    {
-        return Ok(());
-    }
-    let start = period_start.unix_timestamp().to_string();
-    let key = ["final_sweep", customer, start.as_str()];
-    let metadata = HashMap::from([("tollgate_customer_id".to_owned(), customer.to_owned())]);
-    let payment_method = gateway.subscription_payment_method(subscription).await?;
-    let invoice = gateway
-        .open_standalone_invoice(
-            stripe_customer,
-            payment_method.as_deref(),
-            Some(subscription),
-            "Final usage of the subscription",
-            metadata,
-            &key,
-        )
-        .await?;
-    let status = gateway.finalize_and_pay(&invoice, &key).await?;
-    tracing::info!(customer, invoice = %invoice, status = ?status,
-        "pending overage of an ended subscription invoiced");
     Ok(())
 }
 

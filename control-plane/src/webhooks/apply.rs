@@ -101,11 +101,7 @@ async fn bill_renewal_draft(
     let gateway = gateway(state)?;
     match crate::overage::bill_renewal_draft(&state.pool, gateway, &state.catalog, invoice).await {
         Ok(Some(charge)) => {
-            state
-                .metrics
-                .overage_billed_cents
-                .inc_by(u64::try_from(charge.amount.to_cents()).unwrap_or(0));
-            state.metrics.overage_units_billed.inc_by(charge.units);
+            state.metrics.overage_billed(charge.units, charge.amount);
             tracing::info!(customer = %charge.customer_id, units = charge.units,
                 amount = %charge.amount, "overage added to the renewal invoice");
             Ok(None)

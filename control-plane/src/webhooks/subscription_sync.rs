@@ -34,11 +34,7 @@ async fn finish_ended(state: AppState, ended: crate::overage::EndedPeriod) {
     for attempt in 1..=3 {
         match crate::overage::finish_ended(&state.pool, gateway, &ended).await {
             Ok(Some(charge)) => {
-                state
-                    .metrics
-                    .overage_billed_cents
-                    .inc_by(u64::try_from(charge.amount.to_cents()).unwrap_or(0));
-                state.metrics.overage_units_billed.inc_by(charge.units);
+                state.metrics.overage_billed(charge.units, charge.amount);
                 return;
             }
             Ok(None) => return,

@@ -228,7 +228,8 @@ impl Lease {
     }
 
     /// Takes `units` free slots for a request, if this lease may still hand them out.
-    fn take(&self, units: u32, limit: u64, now_ms: u64, fresh_ms: u64) -> Option<u64> {
+    /// Returns the slots taken and how many stay free.
+    fn take(&self, units: u32, limit: u64, now_ms: u64, fresh_ms: u64) -> Option<(u64, u32)> {
         if self.limit > limit
             || now_ms.saturating_sub(self.confirmed_ms.load(Ordering::Relaxed)) > fresh_ms
         {
@@ -241,7 +242,7 @@ impl Lease {
         let mask = lowest(s.free, units);
         s.free &= !mask;
         s.last_used_ms = now_ms;
-        Some(mask)
+        Some((mask, s.free.count_ones()))
     }
 
     /// Hands out nothing more; returns the members of its free slots, to be given back
@@ -255,10 +256,6 @@ impl Lease {
         s.outstanding &= !free;
         drop(s);
         self.members(free)
-    }
-
-    fn free_count(&self) -> u64 {
-        u64::from(lock(&self.slots).free.count_ones())
     }
 }
 
@@ -291,15 +288,6 @@ impl Leases {
 
     fn ttl_ms(&self) -> u64 {
         u64::try_from(self.counters.reservation_ttl().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// How long a hold lasts without renewal.
-    pub fn reservation_ttl(&self) -> Duration {
-        self.counters.reservation_ttl()
-    }
-
-    pub fn settings(&self) -> LeaseSettings {
-        self.settings
     }
 
     /// Admits `units` under `limit` on `counter`: from a lease this proxy holds when one
@@ -395,7 +383,8 @@ impl Leases {
             .entry(counter.used_key.clone())
             .or_default()
             .push(lease.clone());
-        Ok((self.admitted_from(lease, taken), true))
+        let free = (all & !taken).count_ones();
+        Ok((self.admitted_from(lease, taken, free), true))
     }
 
     /// Takes `units` from a lease this proxy already holds, if one has them.
@@ -412,13 +401,14 @@ impl Leases {
         list.iter().find_map(|lease| {
             lease
                 .take(units, limit, now, fresh)
-                .map(|mask| self.admitted_from(lease.clone(), mask))
+                .map(|(mask, free)| self.admitted_from(lease.clone(), mask, free))
         })
     }
 
-    fn admitted_from(self: &Arc<Self>, lease: Arc<Lease>, mask: u64) -> Acquired {
-        let free = lease.free_count();
-        let (committed, in_flight) = (lease.committed, lease.in_flight.saturating_sub(free));
+    /// `free`: the lease's slots still free after this take (for the allowance headers).
+    fn admitted_from(self: &Arc<Self>, lease: Arc<Lease>, mask: u64, free: u32) -> Acquired {
+        let in_flight = lease.in_flight.saturating_sub(u64::from(free));
+        let committed = lease.committed;
         Acquired::Admitted {
             slot: Slot {
                 leases: self.clone(),
