@@ -120,12 +120,14 @@ async fn random_journeys_bill_what_the_pricing_rules_say_to_the_cent() {
     );
     eprintln!("journeys: steps by kind {:?}", stats.kinds);
     // Enough journeys take every kind of step (a generator that stopped producing one
-    // would otherwise go unnoticed).
+    // would otherwise go unnoticed). At least once, not a count: the seed is random and
+    // the rarest kind (undoing a downgrade, which needs a downgrade first) came 4 times
+    // in one run of 200, failing a threshold of 5 with every journey agreeing.
     if count >= 200 {
         for kind in Step::KINDS {
             assert!(
-                stats.kinds.get(*kind).is_some_and(|n| *n >= 5),
-                "{kind} taken fewer than 5 times: {:?}",
+                stats.kinds.get(*kind).is_some_and(|n| *n >= 1),
+                "{kind} never taken: {:?}",
                 stats.kinds
             );
         }
