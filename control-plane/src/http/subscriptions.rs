@@ -261,7 +261,13 @@ async fn saved_card(
     customer: &CustomerId,
     stripe_customer: &str,
 ) -> Result<Option<String>, ApiError> {
-    if let Some(card) = gateway.default_payment_method(stripe_customer).await? {
+    // Each candidate only while it is still the customer's: a card removed in the
+    // Customer Portal stays named on the subscription it paid, and would be refused.
+    if let Some(card) = gateway.default_payment_method(stripe_customer).await?
+        && gateway
+            .customer_has_payment_method(stripe_customer, &card)
+            .await?
+    {
         return Ok(Some(card));
     }
     let earlier: Vec<String> = sqlx::query_scalar(
@@ -273,7 +279,11 @@ async fn saved_card(
     .fetch_all(&state.pool)
     .await?;
     for subscription in earlier {
-        if let Some(card) = gateway.subscription_payment_method(&subscription).await? {
+        if let Some(card) = gateway.subscription_payment_method(&subscription).await?
+            && gateway
+                .customer_has_payment_method(stripe_customer, &card)
+                .await?
+        {
             return Ok(Some(card));
         }
     }

@@ -19,23 +19,32 @@ pub const STRIPE_SYNC_LOCK: i64 = 0x7467_0003;
 pub const DUNNING_LOCK: i64 = 0x7467_0004;
 pub const OVERAGE_TRUEUP_LOCK: i64 = 0x7467_0005;
 
-/// Runs `work` inside a transaction holding the advisory lock `key`; returns `None`
-/// when another replica holds it.
+/// Runs `work` while holding the advisory lock `key`; returns `None` when another
+/// replica holds it.
+///
+/// The lock is a session lock on a connection of its own, outside the pool: the work
+/// takes its connections from the pool, and a lock held on a pooled connection would make
+/// every job need two at once (five jobs ticking together on a pool of five would each
+/// hold one and wait for another until the acquire timeout). The lock ends with the
+/// connection, so a replica that dies mid-job releases it.
 pub async fn with_lock<T, F, Fut>(pool: &PgPool, key: i64, work: F) -> anyhow::Result<Option<T>>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    let mut tx = pool.begin().await?;
-    let locked: bool =
-        sqlx::query_scalar!(r#"SELECT pg_try_advisory_xact_lock($1) AS "locked!""#, key)
-            .fetch_one(&mut *tx)
-            .await?;
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(&mut conn)
+        .await?;
     if !locked {
+        let _ = conn.close().await;
         return Ok(None);
     }
     let result = work().await;
-    tx.commit().await?;
+    // Closing the session releases the lock (an explicit unlock would only repeat it).
+    let _ = conn.close().await;
     result.map(Some)
 }
 

@@ -64,6 +64,16 @@ impl GatewayError {
     }
 }
 
+/// What asking Stripe for a refund did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refunded {
+    /// The payment went back now (or a replay of the request that did it).
+    Now,
+    /// Nothing was left to refund: refunded before, by tollgate under a key Stripe no
+    /// longer keeps (24 h), or in the Dashboard.
+    Already,
+}
+
 /// A price as tollgate uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PriceRef {
@@ -336,6 +346,19 @@ impl StripeGateway {
         Ok((state, hosted))
     }
 
+    /// The payment intent that paid a Checkout Session, as Stripe holds it now (a
+    /// webhook's copy of the session may predate it).
+    pub async fn checkout_payment_intent(&self, id: &str) -> Result<Option<String>, GatewayError> {
+        let session = RetrieveCheckoutSession::new(id)
+            .send(&self.client)
+            .timed(&self.api_seconds, "retrieve_checkout")
+            .await?;
+        Ok(session
+            .payment_intent
+            .as_ref()
+            .map(|pi| pi.id().as_str().to_owned()))
+    }
+
     /// A Customer Portal session.
     pub async fn portal(
         &self,
@@ -583,6 +606,26 @@ impl StripeGateway {
             .invoice_settings
             .and_then(|s| s.default_payment_method)
             .map(|pm| pm.id().as_str().to_owned()))
+    }
+
+    /// Whether `payment_method` is still attached to `stripe_customer` (a card removed
+    /// in the Customer Portal is detached for good and can pay nothing: Stripe answers 404
+    /// for it here, where using it would be a 400).
+    pub async fn customer_has_payment_method(
+        &self,
+        stripe_customer: &str,
+        payment_method: &str,
+    ) -> Result<bool, GatewayError> {
+        use stripe_core::customer::RetrievePaymentMethodCustomer;
+        match RetrievePaymentMethodCustomer::new(stripe_customer, payment_method)
+            .send(&self.client)
+            .timed(&self.api_seconds, "customer_payment_method")
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(stripe::StripeError::Stripe(_, 404)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Subscribes a customer with a saved card (`payment_method`: the customer's default or
@@ -955,12 +998,14 @@ impl RefundReason {
 }
 
 impl StripeGateway {
-    /// Refunds a payment in full, once (the key names the payment).
+    /// Refunds a payment in full, once (the key names the payment). A payment with
+    /// nothing left to refund is done, not an error to retry for ever: Stripe answers
+    /// `charge_already_refunded` once the key's 24 h are over, or after a Dashboard refund.
     pub async fn refund_payment(
         &self,
         payment_intent: &str,
         reason: RefundReason,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<Refunded, GatewayError> {
         use stripe_core::refund::{CreateRefund, CreateRefundReason};
         let mut request =
             CreateRefund::new()
@@ -972,13 +1017,21 @@ impl StripeGateway {
         if reason == RefundReason::DuplicateSubscription {
             request = request.reason(CreateRefundReason::Duplicate);
         }
-        request
+        let sent = request
             .customize()
             .request_strategy(idempotency(&["refund", payment_intent]))
             .send(&self.client)
             .timed(&self.api_seconds, "refund")
-            .await?;
-        Ok(())
+            .await;
+        match sent {
+            Ok(_) => Ok(Refunded::Now),
+            Err(stripe::StripeError::Stripe(e, 400))
+                if e.code == Some(stripe_shared::ApiErrorsCode::ChargeAlreadyRefunded) =>
+            {
+                Ok(Refunded::Already)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Ends a subscription that duplicates the customer's live one: its paid invoice
@@ -987,12 +1040,13 @@ impl StripeGateway {
     /// goes back *before* the cancel: a failure in between leaves the subscription live,
     /// so the retried sync finds it a duplicate again and replays both steps (each under
     /// its own key); the other order could cancel and never refund. Returns the
-    /// subscription as it ends.
+    /// subscription as it ends and how many payments went back now.
     pub async fn end_duplicate_subscription(
         &self,
         subscription: &str,
         latest_invoice: Option<&str>,
-    ) -> Result<stripe_shared::Subscription, GatewayError> {
+    ) -> Result<(stripe_shared::Subscription, u64), GatewayError> {
+        let mut refunded = 0;
         use stripe_billing::invoice::{RetrieveInvoice, VoidInvoiceInvoice};
         use stripe_billing::subscription::CancelSubscription;
         if let Some(invoice_id) = latest_invoice {
@@ -1010,11 +1064,13 @@ impl StripeGateway {
                         .filter(|p| p.status == "paid")
                         .filter_map(|p| p.payment.payment_intent.as_ref());
                     for intent in paid {
-                        self.refund_payment(
-                            intent.id().as_str(),
-                            RefundReason::DuplicateSubscription,
-                        )
-                        .await?;
+                        let outcome = self
+                            .refund_payment(
+                                intent.id().as_str(),
+                                RefundReason::DuplicateSubscription,
+                            )
+                            .await?;
+                        refunded += u64::from(outcome == Refunded::Now);
                     }
                 }
                 Some("open") => {
@@ -1036,7 +1092,7 @@ impl StripeGateway {
             .send(&self.client)
             .timed(&self.api_seconds, "cancel_now")
             .await?;
-        Ok(ended)
+        Ok((ended, refunded))
     }
 
     /// Whether a subscription is live in Stripe now (the stored row may be stale).
@@ -1070,18 +1126,33 @@ impl StripeGateway {
         subscription: &str,
     ) -> Result<bool, GatewayError> {
         use stripe_billing::invoice_item::ListInvoiceItem;
-        let items = ListInvoiceItem::new()
-            .customer(stripe_customer)
-            .pending(true)
-            .limit(100)
-            .send(&self.client)
-            .timed(&self.api_seconds, "list_invoice_items")
-            .await?;
-        Ok(items.data.iter().any(|item| {
-            item.parent
-                .as_ref()
-                .and_then(|p| p.subscription_details.as_ref())
-                .is_some_and(|d| d.subscription == subscription)
-        }))
+        // Every page: a customer may have more pending items than one page holds (other
+        // subscriptions', one-off charges), and the subscription's may be on any of them.
+        let mut after: Option<String> = None;
+        loop {
+            let mut request = ListInvoiceItem::new()
+                .customer(stripe_customer)
+                .pending(true)
+                .limit(100);
+            if let Some(a) = after.as_deref() {
+                request = request.starting_after(a);
+            }
+            let page = request
+                .send(&self.client)
+                .timed(&self.api_seconds, "list_invoice_items")
+                .await?;
+            if page.data.iter().any(|item| {
+                item.parent
+                    .as_ref()
+                    .and_then(|p| p.subscription_details.as_ref())
+                    .is_some_and(|d| d.subscription == subscription)
+            }) {
+                return Ok(true);
+            }
+            match page.data.last() {
+                Some(last) if page.has_more => after = Some(last.id.as_str().to_owned()),
+                _ => return Ok(false),
+            }
+        }
     }
 }

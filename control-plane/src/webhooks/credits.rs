@@ -114,9 +114,21 @@ async fn refund_pack_on_fixed_fee(
     unit_price: billing_model::Money,
 ) -> Result<Option<CustomerId>, ApplyError> {
     let gateway = super::apply::gateway(state)?;
-    let Some(intent) = session["payment_intent"].as_str() else {
-        return Err(GatewayError::Incomplete("payment_intent").into());
+    let intent = match session["payment_intent"].as_str() {
+        Some(intent) => intent.to_owned(),
+        None => {
+            let id = session["id"]
+                .as_str()
+                .ok_or(GatewayError::Incomplete("id"))?;
+            // A paid session has its payment intent in Stripe; without one there is
+            // nothing to refund yet, so the event is retried (with backoff) until it has.
+            gateway
+                .checkout_payment_intent(id)
+                .await?
+                .ok_or(GatewayError::Incomplete("payment_intent"))?
+        }
     };
+    let intent = intent.as_str();
     let recorded = sqlx::query(
         "INSERT INTO billing_credits (customer_id, credit_amount, purchased_amount, unit_price,
              stripe_checkout_session_id, stripe_payment_intent_id, closed_at, closed_reason)
@@ -134,17 +146,20 @@ async fn refund_pack_on_fixed_fee(
         // Granted or refunded already (a redelivery).
         return Ok(None);
     }
-    gateway
+    let refunded = gateway
         .refund_payment(intent, crate::stripe::RefundReason::CreditsOnFixedFee)
         .await?;
-    state
-        .metrics
-        .purchases_refunded
-        .with_label_values(&[crate::stripe::RefundReason::CreditsOnFixedFee.as_str()])
-        .inc();
+    if refunded == crate::stripe::Refunded::Now {
+        state
+            .metrics
+            .purchases_refunded
+            .with_label_values(&[crate::stripe::RefundReason::CreditsOnFixedFee.as_str()])
+            .inc();
+    }
     tracing::warn!(
         customer,
         session = session["id"].as_str(),
+        refunded = ?refunded,
         "credit pack paid for on fixed fee: refunded"
     );
     Ok(None)

@@ -121,14 +121,16 @@ pub(super) async fn sync_subscription(
             .and_then(|i| i.id().as_ref().map(|id| id.as_str().to_owned()));
         tracing::warn!(customer = %customer, subscription = subscription_id,
             "a second live subscription: cancelled and its payment refunded");
-        ended = gateway
+        let refunded;
+        (ended, refunded) = gateway
             .end_duplicate_subscription(subscription_id, latest.as_deref())
             .await?;
+        // Payments that went back, not duplicates found (an unpaid one is voided).
         state
             .metrics
             .purchases_refunded
             .with_label_values(&[crate::stripe::RefundReason::DuplicateSubscription.as_str()])
-            .inc();
+            .inc_by(refunded);
         &ended
     } else {
         &sub

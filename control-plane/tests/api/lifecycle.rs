@@ -631,6 +631,56 @@ async fn a_customer_who_paid_through_checkout_resubscribes_with_that_card() {
 }
 
 #[tokio::test]
+async fn a_card_removed_in_the_portal_is_not_used_to_resubscribe() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let first = app.subscribe_via_checkout("removed", "premium").await;
+    let card =
+        app.stripe_get(&format!("/v1/subscriptions/{first}")).await["default_payment_method"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let cancelled = app
+        .call_as(
+            "removed",
+            Method::DELETE,
+            "/api/v1/billing/subscriptions?immediately=true",
+            None,
+        )
+        .await;
+    assert_eq!(cancelled.status(), 200);
+    // The customer removes the card in the Customer Portal: detached for good.
+    let detached = app
+        .stripe_post(&format!("/v1/payment_methods/{card}/detach"), &[])
+        .await;
+    assert_eq!(detached["customer"], Value::Null, "{detached}");
+    let again = app
+        .call_as(
+            "removed",
+            Method::POST,
+            "/api/v1/billing/subscriptions",
+            Some(json!({"plan": "premium"})),
+        )
+        .await;
+    assert_eq!(
+        again.status(),
+        409,
+        "not a 502 from Stripe refusing the card"
+    );
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["code"],
+        "payment_method_required"
+    );
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM subscriptions WHERE customer_id = 'removed' AND status = 'active'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(live, 0);
+}
+
+#[tokio::test]
 async fn a_customer_who_only_bought_credits_subscribes_through_checkout() {
     let app = spawn_app_with_stripe_webhooks().await;
     app.sync_catalog().await;

@@ -9,6 +9,7 @@ mod health;
 mod helpers;
 mod intents;
 mod internal;
+mod jobs;
 mod journeys;
 mod layering;
 mod lifecycle;

@@ -576,3 +576,53 @@ async fn a_crash_between_stripe_and_the_ledger_neither_loses_nor_doubles_overage
         .unwrap();
     assert!(crashes >= 1);
 }
+
+#[tokio::test]
+async fn a_final_sweep_finds_the_subscriptions_waiting_item_behind_a_page_of_other_items() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let sub = app.subscribe_via_checkout("many-items", "premium").await;
+    let stripe_customer = app.stripe_get(&format!("/v1/subscriptions/{sub}")).await["customer"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The subscription's own waiting item first (oldest), then more than a page of the
+    // customer's other pending items (newest first in Stripe's lists).
+    app.stripe_post(
+        "/v1/invoiceitems",
+        &[
+            ("customer", stripe_customer.as_str()),
+            ("subscription", sub.as_str()),
+            ("amount", "199"),
+            ("currency", "usd"),
+            ("description", "Overage true-up"),
+        ],
+    )
+    .await;
+    for _ in 0..120 {
+        app.stripe_post(
+            "/v1/invoiceitems",
+            &[
+                ("customer", stripe_customer.as_str()),
+                ("amount", "100"),
+                ("currency", "usd"),
+                ("description", "Something else"),
+            ],
+        )
+        .await;
+    }
+    let gateway = app.state.stripe.as_ref().unwrap();
+    assert!(
+        gateway
+            .has_pending_items(&stripe_customer, &sub)
+            .await
+            .unwrap(),
+        "the item on the second page is found"
+    );
+    assert!(
+        !gateway
+            .has_pending_items(&stripe_customer, "sub_someone_else")
+            .await
+            .unwrap()
+    );
+}

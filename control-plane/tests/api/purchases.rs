@@ -119,6 +119,15 @@ async fn two_checkouts_paid_side_by_side_leave_one_subscription_and_refund_the_o
     )
     .await;
     assert_eq!(billed, 0);
+    assert_eq!(
+        app.state
+            .metrics
+            .purchases_refunded
+            .with_label_values(&["duplicate_subscription"])
+            .get(),
+        1,
+        "one payment went back"
+    );
 }
 
 #[tokio::test]
@@ -153,6 +162,76 @@ async fn a_credit_pack_paid_after_subscribing_is_refunded_and_the_plan_kept() {
     )
     .await;
     assert_eq!(live, 1, "still exactly the fixed-fee subscription");
+}
+
+#[tokio::test]
+async fn a_pack_refunded_in_the_dashboard_before_tollgate_refunds_it_is_recorded_not_retried_for_ever()
+ {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    // Until released, recording the pack as refunded fails: the event waits for a retry.
+    for statement in [
+        "CREATE SEQUENCE held_count",
+        "CREATE TABLE held_released ()",
+        "CREATE FUNCTION hold_refund() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.closed_reason = 'refund' AND NOT EXISTS (SELECT 1 FROM held_released) THEN
+                 PERFORM nextval('held_count');
+                 RAISE EXCEPTION 'held';
+             END IF;
+             RETURN NEW;
+         END $$",
+        "CREATE TRIGGER hold_refund BEFORE INSERT ON billing_credits
+         FOR EACH ROW EXECUTE FUNCTION hold_refund()",
+    ] {
+        sqlx::query(statement).execute(&app.pool).await.unwrap();
+    }
+    let pack = app
+        .checkout("dash-refund", &checkout_body("premium", "credit_burndown"))
+        .await;
+    app.subscribe_via_checkout("dash-refund", "premium").await;
+    app.pay(&pack).await;
+    app.eventually("the pack's event held", "SELECT is_called FROM held_count")
+        .await;
+    // Meanwhile someone refunds it in the Dashboard (or tollgate's own refund key has
+    // expired after 24 h): Stripe answers the retry `charge_already_refunded`.
+    let session = app
+        .stripe_get(&format!("/v1/checkout/sessions/{pack}"))
+        .await;
+    let intent = session["payment_intent"].as_str().unwrap().to_owned();
+    app.stripe_post("/v1/refunds", &[("payment_intent", intent.as_str())])
+        .await;
+    sqlx::query("INSERT INTO held_released DEFAULT VALUES")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.eventually(
+        "the pack recorded as refunded",
+        "SELECT count(*) = 1 FROM billing_credits
+         WHERE customer_id = 'dash-refund' AND closed_reason = 'refund'",
+    )
+    .await;
+    app.eventually(
+        "the event applied",
+        "SELECT count(*) = 0 FROM stripe_events WHERE applied_at IS NULL
+         AND event_type = 'checkout.session.completed'",
+    )
+    .await;
+    let charge = charge_of(&app, &intent).await;
+    assert_eq!(charge["amount_refunded"], charge["amount"], "{charge}");
+    assert_eq!(
+        app.state
+            .metrics
+            .purchases_refunded
+            .with_label_values(&["credits_on_fixed_fee"])
+            .get(),
+        0,
+        "tollgate refunded nothing itself"
+    );
+    assert_eq!(
+        app.snapshot("dash-refund").await["billing_model"],
+        "fixed_fee"
+    );
 }
 
 #[tokio::test]

@@ -321,8 +321,10 @@ pub fn take_payment(
     let mode = customer
         .map(|c| c.effective_payment_mode())
         .unwrap_or_default();
-    let payment_method =
-        payment_method.or_else(|| customer.and_then(|c| c.default_payment_method.clone()));
+    let payment_method = payment_method
+        .or_else(|| customer.and_then(|c| c.default_payment_method.clone()))
+        // A detached method cannot pay: as if there were none.
+        .filter(|pm| store.payment_methods.get(pm).is_none_or(|m| !m.detached));
     let pi_id = new_id("pi");
     let seq = store.next_seq();
     let (status, succeeded, action_required) = match (mode, &payment_method) {

@@ -65,6 +65,17 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message).param(param)
     }
 
+    /// 400 `charge_already_refunded`: nothing of the charge is left to refund.
+    pub fn already_refunded(charge: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!("Charge {charge} has already been refunded."),
+        )
+        .code("charge_already_refunded")
+        .param("charge")
+    }
+
     /// 400 `parameter_invalid_integer`.
     pub fn invalid_integer(param: &str, value: &str) -> Self {
         Self::new(

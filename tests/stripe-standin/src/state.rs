@@ -381,6 +381,9 @@ pub struct PaymentMethod {
     pub id: String,
     pub created: i64,
     pub customer: Option<String>,
+    /// Detached from its customer: for ever unusable (Stripe: "Detachment is permanent
+    /// and irreversible").
+    pub detached: bool,
 }
 
 #[derive(Debug, Clone)]

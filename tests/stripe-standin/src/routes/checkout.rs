@@ -433,6 +433,7 @@ fn new_payment_method(store: &mut Store, owner: Option<&str>, now: i64) -> Strin
             id: pm.clone(),
             created: now,
             customer: owner.map(str::to_string),
+            detached: false,
         },
     );
     pm

@@ -15,6 +15,14 @@ pub fn router() -> Router<App> {
         .route("/v1/payment_intents/{id}", get(retrieve_payment_intent))
         .route("/v1/charges/{id}", get(retrieve_charge))
         .route("/v1/payment_methods/{id}", get(retrieve_payment_method))
+        .route(
+            "/v1/payment_methods/{id}/detach",
+            post(detach_payment_method),
+        )
+        .route(
+            "/v1/customers/{customer}/payment_methods/{id}",
+            get(retrieve_customer_payment_method),
+        )
         .route("/v1/refunds", post(create_refund))
         .route("/v1/refunds/{id}", get(retrieve_refund))
 }
@@ -48,6 +56,7 @@ pub(crate) fn attach_payment_method(
                 id: id.clone(),
                 created: now,
                 customer: Some(customer.to_string()),
+                detached: false,
             },
         );
         if matches!(
@@ -63,6 +72,15 @@ pub(crate) fn attach_payment_method(
         .payment_methods
         .get_mut(pm)
         .ok_or_else(|| ApiError::missing_resource("PaymentMethod", pm, param))?;
+    if method.detached {
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "The provided PaymentMethod {pm} was previously used without being attached \
+                 to a Customer or was detached from a Customer, and may not be used again."
+            ),
+        ));
+    }
     match &method.customer {
         Some(owner) if owner != customer => Err(ApiError::invalid(
             param,
@@ -104,6 +122,70 @@ async fn retrieve_charge(
             .get(&id)
             .ok_or_else(|| ApiError::missing_resource("charge", &id, "charge"))?;
         Ok(Json(answer(store, objects::charge(store, c), &req.params)))
+    })
+}
+
+/// `GET /v1/customers/{customer}/payment_methods/{id}`: the method, only while it is
+/// attached to that customer (404 otherwise, as for a detached one).
+async fn retrieve_customer_payment_method(
+    State(app): State<App>,
+    Path((customer, id)): Path<(String, String)>,
+    req: StripeRequest,
+) -> ApiResult<Json<Value>> {
+    app.run(&req.info, |store| {
+        store
+            .customer(&customer)
+            .ok_or_else(|| ApiError::missing_resource("customer", &customer, "customer"))?;
+        let pm = store
+            .payment_methods
+            .get(&id)
+            .filter(|pm| pm.customer.as_deref() == Some(customer.as_str()))
+            .ok_or_else(|| ApiError::missing_resource("PaymentMethod", &id, "payment_method"))?;
+        Ok(Json(answer(
+            store,
+            objects::payment_method(pm),
+            &req.params,
+        )))
+    })
+}
+
+/// `POST /v1/payment_methods/{id}/detach` (the Customer Portal's "remove card"): the
+/// method leaves its customer for good; a customer default naming it is cleared.
+/// Emits `payment_method.detached`.
+async fn detach_payment_method(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    req: StripeRequest,
+) -> ApiResult<Json<Value>> {
+    req.params.only(&["expand"])?;
+    app.run(&req.info, |store| {
+        let pm = store
+            .payment_methods
+            .get_mut(&id)
+            .ok_or_else(|| ApiError::missing_resource("PaymentMethod", &id, "payment_method"))?;
+        let Some(owner) = pm.customer.take() else {
+            return Err(ApiError::bad_request(
+                "The payment method you provided is not attached to a customer so \
+                 detachment is impossible.",
+            ));
+        };
+        pm.detached = true;
+        let object = objects::payment_method(pm);
+        let now = store.now_for_customer(&owner);
+        if let Some(c) = store.customers.get_mut(&owner)
+            && c.default_payment_method.as_deref() == Some(id.as_str())
+        {
+            c.default_payment_method = None;
+        }
+        let previous = json!({ "customer": owner });
+        billing::emit(
+            store,
+            "payment_method.detached",
+            object.clone(),
+            Some(previous),
+            now,
+        );
+        Ok(Json(answer(store, object, &req.params)))
     })
 }
 
@@ -183,6 +265,9 @@ async fn create_refund(State(app): State<App>, req: StripeRequest) -> ApiResult<
             ));
         }
         let left = charge.amount - charge.amount_refunded;
+        if left <= 0 {
+            return Err(ApiError::already_refunded(&charge_id));
+        }
         let amount = amount.unwrap_or(left);
         if amount <= 0 || amount > left {
             return Err(ApiError::invalid(
