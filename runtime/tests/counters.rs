@@ -777,3 +777,77 @@ async fn a_lease_older_than_its_max_age_hands_out_nothing_more_and_gives_its_uni
     let (_, asked) = take(&p, &counter, 100).await.unwrap();
     assert!(asked, "the aged lease hands out nothing more");
 }
+
+#[tokio::test]
+async fn a_refusal_right_after_this_proxys_own_successes_counts_them_as_used() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let p = leases_with(&counters, "p", 32);
+    let mut slots = Vec::new();
+    for _ in 0..3 {
+        slots.push(take(&p, &counter, 3).await.unwrap().0);
+    }
+    // The three succeeded and their commit is on its way (the committer batches): the
+    // units are still in flight in Redis when the next request is refused.
+    for slot in &slots {
+        slot.settling();
+    }
+    let committing = tokio::spawn({
+        let counters = counters.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            for (i, slot) in slots.into_iter().enumerate() {
+                let counter = slot.counter().clone();
+                let c = counters
+                    .commit_members(&counter, &format!("s{i}"), &slot.members(), 1)
+                    .await
+                    .unwrap();
+                assert!(slot.committed(c.hold_lost).is_empty());
+            }
+        }
+    });
+    let (answer, _) = p
+        .acquire(&counter, 3, 1, Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            answer,
+            Acquired::Refused {
+                committed: 3,
+                in_flight: 0
+            }
+        ),
+        "used 3 of 3, nothing to wait for: {answer:?}"
+    );
+    committing.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refusal_waits_for_this_proxys_commits_no_longer_than_its_budget() {
+    let (counters, counter) = setup(Duration::from_secs(60)).await;
+    let p = leases_with(&counters, "p", 32);
+    let (slot, _) = take(&p, &counter, 1).await.unwrap();
+    // A commit that never lands (Redis slow for it): the refusal still answers in time.
+    slot.settling();
+    let started = std::time::Instant::now();
+    let (answer, _) = p
+        .acquire(&counter, 1, 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            answer,
+            Acquired::Refused {
+                committed: 0,
+                in_flight: 1
+            }
+        ),
+        "{answer:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(slot);
+}

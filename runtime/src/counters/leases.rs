@@ -24,6 +24,12 @@
 //! meanwhile). Leasing anew closes the counter's older leases, so a lease never admits
 //! under a limit lower than the one it was granted under.
 //!
+//! **Refusals count what this proxy is committing.** A success's commit is on its way
+//! (batched, see the proxy's committer) while its unit is still in flight in Redis: a
+//! refusal answered then would say fewer units are used than the client has had, and
+//! tell it to retry soon. So a refused lease step first waits (at most its budget) for
+//! this proxy's settling units of the counter to land, then asks once more.
+//!
 //! **Bursts.** One lease step per counter at a time: requests arriving meanwhile wait
 //! for it and take from what it brings; a step refused while they waited answers them
 //! too, so a burst at the limit is refused at once instead of queuing round trips.
@@ -90,6 +96,13 @@ pub struct LeaseGauges {
     pub free: u64,
 }
 
+/// What one lease step got.
+enum Step {
+    Granted(Acquired),
+    /// Committed and in flight, as the refusing script saw them.
+    Refused(u64, u64),
+}
+
 /// The answer to [`Leases::acquire`].
 #[derive(Debug)]
 pub enum Acquired {
@@ -114,6 +127,8 @@ pub struct Leases {
     settings: LeaseSettings,
     epoch: Instant,
     live: Mutex<HashMap<String, Vec<Arc<Lease>>>>,
+    /// Units of each counter whose commit is on its way (shared by its leases).
+    settling: Mutex<HashMap<String, Arc<Settling>>>,
     /// One lease step at a time per counter (see [`Leases::acquire`]).
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Gate>>>>,
     leases: AtomicU64,
@@ -152,10 +167,50 @@ impl Gate {
     }
 }
 
+/// A counter's units that succeeded and wait for their commit, on this proxy.
+#[derive(Debug, Default)]
+struct Settling {
+    units: AtomicU64,
+    /// Woken when `units` reaches zero.
+    landed: tokio::sync::Notify,
+}
+
+impl Settling {
+    fn add(&self, units: u32) {
+        if units > 0 {
+            self.units.fetch_add(u64::from(units), Ordering::AcqRel);
+        }
+    }
+
+    fn sub(&self, units: u32) {
+        if units > 0 && self.units.fetch_sub(u64::from(units), Ordering::AcqRel) == u64::from(units)
+        {
+            self.landed.notify_waiters();
+        }
+    }
+
+    /// Waits until nothing is settling, or `wait` has passed; whether it is settled.
+    async fn landed_within(&self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let landed = self.landed.notified();
+            tokio::pin!(landed);
+            landed.as_mut().enable();
+            if self.units.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, landed).await.is_err() {
+                return self.units.load(Ordering::Acquire) == 0;
+            }
+        }
+    }
+}
+
 /// One block of units on one counter.
 #[derive(Debug)]
 pub struct Lease {
     counter: CounterRef,
+    settling: Arc<Settling>,
     id: String,
     /// The limit it was granted under: a lower limit since (a downgrade, a refund)
     /// must not be admitted from it.
@@ -272,6 +327,7 @@ impl Leases {
             settings,
             epoch: Instant::now(),
             live: Mutex::new(HashMap::new()),
+            settling: Mutex::new(HashMap::new()),
             gates: Mutex::new(HashMap::new()),
             leases: AtomicU64::new(0),
             leased_units: AtomicU64::new(0),
@@ -326,6 +382,52 @@ impl Leases {
             // held by requests in flight); asking again now would only queue the burst.
             return Ok((answer, false));
         }
+        let settling = lock(&self.settling)
+            .entry(counter.used_key.clone())
+            .or_default()
+            .clone();
+        let mut waited = false;
+        loop {
+            match self
+                .lease_step(counter, limit, units, budget, &settling)
+                .await?
+            {
+                Step::Granted(admitted) => {
+                    turn.refused = None;
+                    return Ok((admitted, true));
+                }
+                Step::Refused(committed, in_flight) => {
+                    // This proxy's own successes may still be on their way to the count:
+                    // let them land (at most the budget), then ask once more.
+                    if !waited && settling.units.load(Ordering::Acquire) > 0 {
+                        waited = true;
+                        if settling.landed_within(budget).await {
+                            continue;
+                        }
+                    }
+                    turn.refused = Some((self.now_ms(), committed, in_flight));
+                    return Ok((
+                        Acquired::Refused {
+                            committed,
+                            in_flight,
+                        },
+                        true,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// One lease step (the caller holds the counter's gate): closes this proxy's leases
+    /// on the counter, gives back their free slots and leases a new block.
+    async fn lease_step(
+        self: &Arc<Self>,
+        counter: &CounterRef,
+        limit: u64,
+        units: u32,
+        budget: Duration,
+        settling: &Arc<Settling>,
+    ) -> Result<Step, CounterError> {
         let now = self.now_ms();
         let mut give_back: Vec<String> = Vec::new();
         if let Some(list) = lock(&self.live).get(&counter.used_key) {
@@ -351,14 +453,8 @@ impl Leases {
         let started = self.now_ms();
         let grant = self.counters.lease(counter, &request, budget).await?;
         if grant.units == 0 {
-            turn.refused = Some((self.now_ms(), grant.committed, grant.in_flight));
-            let refused = Acquired::Refused {
-                committed: grant.committed,
-                in_flight: grant.in_flight,
-            };
-            return Ok((refused, true));
+            return Ok(Step::Refused(grant.committed, grant.in_flight));
         }
-        turn.refused = None;
         self.leases.fetch_add(1, Ordering::Relaxed);
         self.leased_units
             .fetch_add(u64::from(grant.units), Ordering::Relaxed);
@@ -366,6 +462,7 @@ impl Leases {
         let taken = lowest(all, units);
         let lease = Arc::new(Lease {
             counter: counter.clone(),
+            settling: settling.clone(),
             id: lease_id,
             limit,
             created_ms: now,
@@ -384,7 +481,7 @@ impl Leases {
             .or_default()
             .push(lease.clone());
         let free = (all & !taken).count_ones();
-        Ok((self.admitted_from(lease, taken, free), true))
+        Ok(Step::Granted(self.admitted_from(lease, taken, free)))
     }
 
     /// Takes `units` from a lease this proxy already holds, if one has them.
@@ -480,8 +577,9 @@ impl Leases {
                 !list.is_empty()
             });
         }
-        // Gates of counters nobody is leasing on any more.
+        // Gates and settling counts of counters nobody is leasing on any more.
         lock(&self.gates).retain(|_, gate| Arc::strong_count(gate) > 1);
+        lock(&self.settling).retain(|_, settling| Arc::strong_count(settling) > 1);
         // Side by side: a slow Redis must not hold renewal back behind many counters.
         let releases = back.into_iter().map(|(counter, members)| async move {
             self.returned_units
@@ -613,7 +711,11 @@ impl Slot {
     /// The request succeeded and its commit is starting: keep renewing until it lands,
     /// but a slot the commit removed is not a loss.
     pub fn settling(&self) {
-        lock(&self.lease.slots).settling |= self.mask;
+        let mut s = lock(&self.lease.slots);
+        let new = self.mask & !s.settling;
+        s.settling |= self.mask;
+        drop(s);
+        self.lease.settling.add(new.count_ones());
     }
 
     /// The commit landed. `lease_gone`: it found a held member gone, so Redis lost a
@@ -623,10 +725,12 @@ impl Slot {
     pub fn committed(mut self, lease_gone: bool) -> Vec<String> {
         self.settled = true;
         let mut s = lock(&self.lease.slots);
+        let was_settling = s.settling & self.mask;
         s.outstanding &= !self.mask;
         s.settling &= !self.mask;
         s.lost &= !self.mask;
         drop(s);
+        self.lease.settling.sub(was_settling.count_ones());
         if lease_gone {
             self.lease.close()
         } else {
@@ -655,18 +759,23 @@ impl Slot {
         let mut s = lock(&self.lease.slots);
         let lost = s.lost & self.mask;
         let kept = self.mask & !lost;
+        let was_settling = s.settling & self.mask;
         s.lost &= !self.mask;
         s.settling &= !self.mask;
         if lost != 0 {
             s.outstanding &= !lost;
         }
-        if s.closed {
+        let back = if s.closed {
             s.outstanding &= !kept;
             drop(s);
-            return self.lease.members(kept);
-        }
-        s.free |= kept;
-        Vec::new()
+            self.lease.members(kept)
+        } else {
+            s.free |= kept;
+            drop(s);
+            Vec::new()
+        };
+        self.lease.settling.sub(was_settling.count_ones());
+        back
     }
 }
 
