@@ -8,6 +8,7 @@
 //!   bash bench/run.sh            # the full run (release binaries), a few minutes
 //!   bash bench/run.sh --smoke    # seconds: tiny loads, exactness and one drill (CI)
 
+mod instructions;
 mod phases;
 mod profile;
 mod rate;

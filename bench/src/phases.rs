@@ -113,6 +113,9 @@ pub async fn run(
         profile_dir,
     )
     .await?;
+    if !smoke {
+        instructions(&mut report, &stack, &tokens, scratch).await?;
+    }
     exactness(&mut report, &stack, &tokens, extra_port).await?;
     ingestion(&mut report, &stack, smoke).await?;
     webhooks(&mut report, &mut stack, smoke).await?;
@@ -408,6 +411,98 @@ async fn throughput(
     );
     drop(bare);
     drop(nginx);
+    Ok(())
+}
+
+/// Instructions per request of bare pingora and of tollgate's unmetered and metered
+/// paths, each process under callgrind (see [`crate::instructions`]). Skipped, with a
+/// note, where valgrind is missing.
+async fn instructions(
+    report: &mut Report,
+    stack: &Stack,
+    tokens: &Tokens,
+    scratch: &Path,
+) -> anyhow::Result<()> {
+    use crate::instructions::{available, per_request, wrapper};
+    use crate::report::Instructions;
+    if !available() {
+        eprintln!("valgrind/callgrind_control not found: no instruction counts");
+        return Ok(());
+    }
+    let dir = scratch.join("callgrind");
+    std::fs::create_dir_all(&dir)?;
+    let under = wrapper(&dir);
+    let (warm, requests) = (200, 2_000);
+    let (paid, hard) = (tokens.token("bench-paid"), tokens.token("bench-hard"));
+    let bare =
+        servers::bare_pingora_under(stack.ports.upstream, 2, &under, Duration::from_secs(120))?;
+    let via_bare = format!("http://127.0.0.1:{}/api/v1/tickets", bare.port);
+    let get = |url| Request {
+        method: "GET",
+        url,
+        bearer: None,
+        body: None,
+    };
+    let bare_post = Request {
+        method: "POST",
+        url: &via_bare,
+        bearer: Some(&paid),
+        body: Some(TICKET),
+    };
+    let mut bare_counts = Vec::new();
+    for (name, request) in [
+        ("bare pingora, 2 threads (GET)", get(&via_bare)),
+        ("bare pingora, 2 threads (POST)", bare_post),
+    ] {
+        let count = per_request(&dir, bare.child.id(), &request, warm, requests)
+            .await
+            .with_context(|| format!("{name} under callgrind"))?;
+        bare_counts.push(count);
+        report.instructions.push(Instructions {
+            name: name.into(),
+            requests,
+            per_request: count,
+            vs_bare_pingora: None,
+        });
+    }
+    drop(bare);
+    let (mut counted, port) = stack
+        .extra_proxy_under("counted", |text| text, &under)
+        .await
+        .context("a proxy under callgrind")?;
+    let via = format!("http://127.0.0.1:{port}/api/v1/tickets");
+    let post = |token| Request {
+        method: "POST",
+        url: &via,
+        bearer: Some(token),
+        body: Some(TICKET),
+    };
+    // Each beside bare pingora's count for the same method.
+    let rows = [
+        ("tollgate unmetered (GET)", get(&via), bare_counts[0]),
+        (
+            "tollgate metered, paid overage (POST)",
+            post(&paid),
+            bare_counts[1],
+        ),
+        (
+            "tollgate metered, hard limit (POST)",
+            post(&hard),
+            bare_counts[1],
+        ),
+    ];
+    for (name, request, bare_count) in rows {
+        let count = per_request(&dir, counted.pid(), &request, warm, requests)
+            .await
+            .with_context(|| format!("{name} under callgrind"))?;
+        report.instructions.push(Instructions {
+            name: name.into(),
+            requests,
+            per_request: count,
+            vs_bare_pingora: Some(count / bare_count.max(1.0)),
+        });
+    }
+    let _ = counted.terminate(Duration::from_secs(60));
     Ok(())
 }
 

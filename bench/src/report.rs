@@ -9,6 +9,8 @@ pub struct Report {
     pub machine: String,
     pub started_at: String,
     pub throughput: Vec<Row>,
+    /// Instructions per request under callgrind (full runs, where valgrind is present).
+    pub instructions: Vec<Instructions>,
     pub goals: Vec<Goal>,
     pub exactness: Vec<Exactness>,
     pub ingestion: Option<Rate>,
@@ -29,6 +31,16 @@ pub struct Row {
     /// CPU time per request of the processes behind it (Redis, the control plane,
     /// PostgreSQL), µs, measured over the same row.
     pub cpu_us_behind: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Instructions {
+    pub name: String,
+    /// Requests counted (after a warm-up), one at a time on one connection.
+    pub requests: u32,
+    pub per_request: f64,
+    /// This row's count over bare pingora's for the same method.
+    pub vs_bare_pingora: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -156,6 +168,20 @@ impl Report {
                 behind,
                 r.load.non_2xx + r.load.errors,
             ));
+        }
+        if !self.instructions.is_empty() {
+            md.push_str("\n| instructions per request (callgrind, every thread of the process) | requests | instructions | vs bare pingora |\n| --- | ---: | ---: | ---: |\n");
+            for i in &self.instructions {
+                md.push_str(&format!(
+                    "| {} | {} | {:.0} | {} |\n",
+                    i.name,
+                    i.requests,
+                    i.per_request,
+                    i.vs_bare_pingora
+                        .map(|v| format!("{v:.2}×"))
+                        .unwrap_or_else(|| "—".into())
+                ));
+            }
         }
         md.push_str("\n| goal | target | measured | met |\n| --- | --- | --- | --- |\n");
         for g in &self.goals {

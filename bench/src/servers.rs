@@ -190,8 +190,27 @@ impl Drop for Postgres {
 /// A bare pingora proxy (`bare-pingora`, built with the workspace): the same pingora and
 /// allocator as tollgate's proxy with nothing but `upstream_peer`, on `threads` threads.
 pub fn bare_pingora(upstream: u16, threads: usize) -> anyhow::Result<Owned> {
+    bare_pingora_under(upstream, threads, &[], Duration::from_secs(10))
+}
+
+/// [`bare_pingora`] run by `wrapper` (e.g. valgrind) when it is not empty.
+pub fn bare_pingora_under(
+    upstream: u16,
+    threads: usize,
+    wrapper: &[String],
+    startup: Duration,
+) -> anyhow::Result<Owned> {
     let port = free_port();
-    let child = Command::new(tollgate_e2e::binary("bare-pingora")?)
+    let binary = tollgate_e2e::binary("bare-pingora")?;
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    let child = command
         .args([
             format!("127.0.0.1:{port}"),
             format!("127.0.0.1:{upstream}"),
@@ -201,7 +220,7 @@ pub fn bare_pingora(upstream: u16, threads: usize) -> anyhow::Result<Owned> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting bare-pingora")?;
-    wait_for_port(port, Duration::from_secs(10))?;
+    wait_for_port(port, startup)?;
     Ok(Owned {
         child,
         port,

@@ -485,23 +485,44 @@ impl Stack {
         admin_port: u16,
         traffic_port: u16,
     ) -> anyhow::Result<Process> {
+        self.spawn_proxy_under(config, admin_port, traffic_port, &[])
+            .await
+    }
+
+    /// Starts a proxy, run by `wrapper` (e.g. valgrind) when it is not empty.
+    async fn spawn_proxy_under(
+        &self,
+        config: &Path,
+        admin_port: u16,
+        traffic_port: u16,
+        wrapper: &[String],
+    ) -> anyhow::Result<Process> {
         let name = format!("tollgate-proxy-{admin_port}");
-        let mut proxy = Process::spawn(
-            &name,
-            Command::new(binary("tollgate-proxy")?)
-                .arg("--config")
-                .arg(config),
-            &self.dir,
-        )?;
+        let binary = binary("tollgate-proxy")?;
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let mut proxy = Process::spawn(&name, command.arg("--config").arg(config), &self.dir)?;
+        // A wrapped proxy (an instruction counter) starts many times slower.
+        let startup = if wrapper.is_empty() {
+            STARTUP
+        } else {
+            STARTUP * 4
+        };
         wait_until_healthy(
             &self.http,
             &format!("http://127.0.0.1:{admin_port}/health/ready"),
             &mut proxy,
-            STARTUP,
+            startup,
         )
         .await?;
         // Ready on the admin port does not mean the traffic listener is bound yet.
-        let deadline = Instant::now() + STARTUP;
+        let deadline = Instant::now() + startup;
         while tokio::net::TcpStream::connect(("127.0.0.1", traffic_port))
             .await
             .is_err()
@@ -537,6 +558,17 @@ impl Stack {
         name: &str,
         edit: impl FnOnce(String) -> String,
     ) -> anyhow::Result<(Process, u16)> {
+        self.extra_proxy_under(name, edit, &[]).await
+    }
+
+    /// Like [`Stack::extra_proxy_edited`], the proxy run by `wrapper` (a program and its
+    /// arguments, given the proxy's command line after them).
+    pub async fn extra_proxy_under(
+        &self,
+        name: &str,
+        edit: impl FnOnce(String) -> String,
+        wrapper: &[String],
+    ) -> anyhow::Result<(Process, u16)> {
         let mut ports = self.ports;
         ports.proxy = free_port();
         ports.proxy_admin = free_port();
@@ -552,7 +584,7 @@ impl Stack {
         let text = edit(std::fs::read_to_string(&config)?);
         std::fs::write(&config, text)?;
         let process = self
-            .spawn_proxy(&config, ports.proxy_admin, ports.proxy)
+            .spawn_proxy_under(&config, ports.proxy_admin, ports.proxy, wrapper)
             .await?;
         Ok((process, ports.proxy))
     }
