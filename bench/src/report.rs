@@ -14,7 +14,7 @@ pub struct Report {
     pub goals: Vec<Goal>,
     pub exactness: Vec<Exactness>,
     pub ingestion: Option<Rate>,
-    pub webhooks: Option<Webhooks>,
+    pub webhooks: Vec<Webhooks>,
     pub propagation: Option<Propagation>,
     pub memory: Option<Memory>,
     pub drills: Vec<Drill>,
@@ -71,6 +71,8 @@ pub struct Rate {
 
 #[derive(Debug, Serialize)]
 pub struct Webhooks {
+    /// How the events were spread over subscriptions.
+    pub shape: String,
     pub events: u64,
     pub applied_per_second: f64,
     pub receive_p99_ms: f64,

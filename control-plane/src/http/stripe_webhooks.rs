@@ -71,18 +71,14 @@ async fn receive(
     }
     let payload: Value =
         serde_json::from_slice(&body).map_err(|e| reject("malformed_payload", e.to_string()))?;
-    let stored = sqlx::query!(
-        "INSERT INTO stripe_events (event_id, event_type, stripe_created, payload)
-         VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
-        envelope.id,
-        envelope.kind,
+    let duplicate = !crate::webhooks::inbox::store(
+        &state.pool,
+        &envelope.id,
+        &envelope.kind,
         envelope.created,
-        payload
+        &payload,
     )
-    .execute(&state.pool)
-    .await?
-    .rows_affected();
-    let duplicate = stored == 0;
+    .await?;
     state
         .metrics
         .webhook_events

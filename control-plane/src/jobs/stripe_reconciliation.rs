@@ -49,18 +49,15 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<u64> {
                 "data": { "object": object },
                 "tollgate_source": "reconciliation",
             });
-            let inserted = sqlx::query!(
-                "INSERT INTO stripe_events (event_id, event_type, stripe_created, payload)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
+            let inserted = crate::webhooks::inbox::store(
+                &state.pool,
                 event.id.as_str(),
                 event.type_.as_str(),
                 event.created,
-                payload
+                &payload,
             )
-            .execute(&state.pool)
-            .await?
-            .rows_affected();
-            if inserted > 0 {
+            .await?;
+            if inserted {
                 repaired += 1;
                 tracing::warn!(
                     event = event.id.as_str(),

@@ -21,6 +21,16 @@ pub const HANDLED: &[&str] = &[
     "charge.dispute.closed",
 ];
 
+/// The handled types whose whole effect is "re-fetch this object from Stripe and store
+/// what it holds now": pending events of one object among these are applied once (see
+/// `inbox::coalesce`). An invoice payment also records the payment it reports, and a
+/// Checkout completion grants: those are applied one by one.
+pub const REFETCH_ONLY: &[&str] = &[
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+];
+
 /// What an invoice payment event says happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentOutcome {
@@ -167,6 +177,18 @@ mod tests {
             if !matches!(StripeEvent::parse(kind, &object), StripeEvent::Ignored) {
                 assert!(HANDLED.contains(&kind), "{kind} is applied but not listed");
             }
+        }
+    }
+
+    #[test]
+    fn events_coalesced_as_re_fetches_are_exactly_the_subscription_changes() {
+        for kind in HANDLED {
+            let object = actionable(kind);
+            let refetch = matches!(
+                StripeEvent::parse(kind, &object),
+                StripeEvent::SubscriptionChanged { .. }
+            );
+            assert_eq!(REFETCH_ONLY.contains(kind), refetch, "{kind}");
         }
     }
 

@@ -33,16 +33,27 @@ pub async fn run_worker(state: AppState, mut stop: tokio::sync::watch::Receiver<
     }
 }
 
+/// An inbox row to apply.
+#[derive(sqlx::FromRow)]
+struct Pending {
+    event_id: String,
+    event_type: String,
+    payload: serde_json::Value,
+    stripe_created: i64,
+    attempts: i32,
+    object_id: Option<String>,
+}
+
 /// Applies the oldest pending event that is due; `false` when none is.
 pub async fn apply_next(state: &AppState) -> anyhow::Result<bool> {
     let mut tx = state.pool.begin().await?;
-    let Some(event) = sqlx::query!(
-        "SELECT event_id, event_type, payload, received_at, stripe_created, attempts
+    let Some(event) = sqlx::query_as::<_, Pending>(
+        "SELECT event_id, event_type, payload, stripe_created, attempts, object_id
          FROM stripe_events
          WHERE applied_at IS NULL AND next_attempt_at <= now()
          ORDER BY received_at
          LIMIT 1
-         FOR UPDATE SKIP LOCKED"
+         FOR UPDATE SKIP LOCKED",
     )
     .fetch_optional(&mut *tx)
     .await?
@@ -50,6 +61,13 @@ pub async fn apply_next(state: &AppState) -> anyhow::Result<bool> {
         return Ok(false);
     };
     let started = std::time::Instant::now();
+    // A re-fetch hint covers every pending hint of the same object received before it.
+    let coalesced = match event.object_id.as_deref() {
+        Some(object) if super::event::REFETCH_ONLY.contains(&event.event_type.as_str()) => {
+            super::inbox::coalesce(&mut tx, &event.event_id, object).await?
+        }
+        _ => Vec::new(),
+    };
     let object = event.payload["data"]["object"].clone();
     let outcome = super::apply::apply(
         state,
@@ -75,28 +93,33 @@ pub async fn apply_next(state: &AppState) -> anyhow::Result<bool> {
             let backoff = 2f64.powi(event.attempts.clamp(0, 16)).min(300.0);
             tracing::warn!(error = %e, event = %event.event_id, attempts = event.attempts + 1,
                 "webhook event not applied; will retry");
-            sqlx::query!(
+            sqlx::query(
                 "UPDATE stripe_events SET attempts = attempts + 1, last_error = $2,
                      next_attempt_at = now() + make_interval(secs => $3)
                  WHERE event_id = $1",
-                event.event_id,
-                e.to_string(),
-                backoff
             )
+            .bind(&event.event_id)
+            .bind(e.to_string())
+            .bind(backoff)
             .execute(&state.pool)
             .await?;
             return Ok(true);
         }
         Err(super::apply::ApplyError::Database(e)) => return Err(e.into()),
     };
-    sqlx::query!(
-        "UPDATE stripe_events SET applied_at = now(), outcome = $2 WHERE event_id = $1",
-        event.event_id,
-        label
-    )
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query("UPDATE stripe_events SET applied_at = now(), outcome = $2 WHERE event_id = $1")
+        .bind(&event.event_id)
+        .bind(label)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
+    for kind in &coalesced {
+        state
+            .metrics
+            .webhook_events
+            .with_label_values(&[kind.as_str(), "coalesced", ""])
+            .inc();
+    }
     state
         .metrics
         .webhook_events

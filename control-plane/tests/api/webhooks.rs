@@ -459,3 +459,93 @@ async fn an_event_stripe_refuses_is_retried_with_backoff_without_blocking_the_re
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_burst_of_updates_to_one_subscription_is_applied_with_one_re_fetch_not_one_each() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let sub = app.subscribe_via_checkout("burst", "premium").await;
+    app.eventually(
+        "the checkout's own events applied",
+        "SELECT count(*) = 0 FROM stripe_events WHERE applied_at IS NULL",
+    )
+    .await;
+    // Fifty `customer.subscription.updated` hints of one subscription land in the inbox
+    // at once, beside two events of another type about the same id.
+    sqlx::query(
+        "INSERT INTO stripe_events (event_id, event_type, stripe_created, payload, object_id)
+         SELECT 'evt_burst_' || n,
+                CASE WHEN n <= 50 THEN 'customer.subscription.updated' ELSE 'some.unknown_type' END,
+                $2,
+                jsonb_build_object('id', 'evt_burst_' || n, 'object', 'event',
+                    'data', jsonb_build_object('object',
+                        jsonb_build_object('id', $1::text, 'object', 'subscription'))),
+                $1
+         FROM generate_series(1, 52) AS n",
+    )
+    .bind(&sub)
+    .bind(now())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.eventually(
+        "the burst applied",
+        "SELECT count(*) = 0 FROM stripe_events WHERE applied_at IS NULL",
+    )
+    .await;
+    let outcomes: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT event_type, outcome, count(*) FROM stripe_events
+         WHERE event_id LIKE 'evt_burst_%' GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let count = |kind: &str, outcome: &str| {
+        outcomes
+            .iter()
+            .find(|(k, o, _)| k == kind && o == outcome)
+            .map_or(0, |(.., n)| *n)
+    };
+    let (applied, coalesced) = (
+        count("customer.subscription.updated", "applied"),
+        count("customer.subscription.updated", "coalesced"),
+    );
+    assert_eq!(applied + coalesced, 50, "{outcomes:?}");
+    // At most one re-fetch per worker that picked one of them before the first locked
+    // the rest (four workers).
+    assert!((1..=4).contains(&applied), "{outcomes:?}");
+    assert_eq!(
+        count("some.unknown_type", "ignored"),
+        2,
+        "only re-fetch hints are coalesced: {outcomes:?}"
+    );
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.metrics_address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = metrics.lines().find(|l| {
+        l.starts_with("tollgate_cp_stripe_webhook_events_total{")
+            && l.contains(r#"outcome="coalesced""#)
+            && l.contains(r#"type="customer.subscription.updated""#)
+    });
+    assert_eq!(
+        counted.and_then(|l| l.rsplit(' ').next()),
+        Some(coalesced.to_string().as_str()),
+        "{metrics}"
+    );
+    assert_eq!(
+        sqlx::query_scalar::<_, String>(
+            "SELECT status FROM subscriptions WHERE stripe_subscription_id = $1"
+        )
+        .bind(&sub)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap(),
+        "active"
+    );
+}
