@@ -156,18 +156,16 @@ impl Part {
     }
 
     fn metadata(&self) -> HashMap<String, String> {
-        let mut metadata = HashMap::from([
+        HashMap::from([
             ("tollgate_customer_id".to_owned(), self.customer.clone()),
             (
                 "tollgate_period_start".to_owned(),
                 self.period_start.unix_timestamp().to_string(),
             ),
             ("tollgate_overage_units".to_owned(), self.units.to_string()),
-        ]);
-        if self.kind == Kind::TrueUp {
-            metadata.insert("tollgate_overage_part".to_owned(), self.part.to_string());
-        }
-        metadata
+            // Names the part, so it can be found in Stripe by what it is (see `send`).
+            ("tollgate_overage_part".to_owned(), self.part.to_string()),
+        ])
     }
 }
 
@@ -288,6 +286,12 @@ pub async fn bill(
     Ok(Some(billed))
 }
 
+/// Stripe prunes idempotency keys after 24 hours: a retry later than that under the same
+/// key is a new request, so a part pending this long (Stripe unreachable for a day, a
+/// crash between Stripe and PostgreSQL retried late) is first looked for in Stripe by its
+/// metadata, and not sent twice.
+const KEYS_SURELY_KEPT: time::Duration = time::Duration::hours(23);
+
 async fn send(
     gateway: &StripeGateway,
     stripe_customer: &str,
@@ -295,6 +299,11 @@ async fn send(
 ) -> Result<Billed, GatewayError> {
     let key = part.key();
     let key: Vec<&str> = key.iter().map(String::as_str).collect();
+    if OffsetDateTime::now_utc() - part.decided_at > KEYS_SURELY_KEPT
+        && let Some(found) = already_sent(gateway, stripe_customer, part, &key).await?
+    {
+        return Ok(found);
+    }
     let add = |target| add_item(gateway, stripe_customer, part, target, &key);
     match &part.bill_to {
         BillTo::Draft {
@@ -354,6 +363,42 @@ async fn send(
             })
         }
     }
+}
+
+/// The part's item, if an earlier attempt created it (its invoice, an own one, finalized
+/// and paid now if that attempt stopped before).
+async fn already_sent(
+    gateway: &StripeGateway,
+    stripe_customer: &str,
+    part: &Part,
+    key: &[&str],
+) -> Result<Option<Billed>, GatewayError> {
+    // Created after the part was decided (an hour's margin for clocks).
+    let since = (part.decided_at - time::Duration::hours(1)).unix_timestamp();
+    let Some(found) = gateway
+        .find_invoice_item(stripe_customer, since, &part.metadata())
+        .await?
+    else {
+        return Ok(None);
+    };
+    let billed_on = match (&part.bill_to, found.invoice) {
+        (BillTo::OwnInvoice(_), Some(invoice)) => {
+            gateway.finalize_and_pay(&invoice, key).await?;
+            invoice
+        }
+        (_, Some(invoice)) => invoice,
+        (BillTo::Draft { subscription, .. } | BillTo::NextInvoice(subscription), None) => {
+            format!("next:{subscription}")
+        }
+        // An own invoice's item is created on it: one without an invoice is not ours.
+        (BillTo::OwnInvoice(_), None) => return Ok(None),
+    };
+    tracing::warn!(customer = %part.customer, item = %found.id, billed_on = %billed_on,
+        "a part pending past Stripe's key retention was found already sent");
+    Ok(Some(Billed {
+        billed_on,
+        invoice_item: found.id,
+    }))
 }
 
 async fn add_item(

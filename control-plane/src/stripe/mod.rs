@@ -801,6 +801,61 @@ impl StripeGateway {
     }
 }
 
+/// An invoice item found in Stripe, and the invoice it is on (none while pending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundItem {
+    pub id: String,
+    pub invoice: Option<String>,
+}
+
+impl StripeGateway {
+    /// The customer's invoice item created since `since` (unix seconds) whose metadata
+    /// holds every pair of `metadata`, if there is one: how a request made under a key
+    /// Stripe has pruned (24 h) is found instead of made again. Reads every page.
+    pub async fn find_invoice_item(
+        &self,
+        stripe_customer: &str,
+        since: i64,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Option<FoundItem>, GatewayError> {
+        use stripe_billing::invoice_item::ListInvoiceItem;
+        let mut after: Option<String> = None;
+        loop {
+            let mut request = ListInvoiceItem::new()
+                .customer(stripe_customer)
+                .created(stripe_types::RangeQueryTs::gte(since))
+                .limit(100);
+            if let Some(a) = after.as_deref() {
+                request = request.starting_after(a);
+            }
+            let page = request
+                .send(&self.client)
+                .timed(&self.api_seconds, "list_invoice_items")
+                .await?;
+            let found = page.data.iter().find(|item| {
+                item.metadata.as_ref().is_some_and(|m| {
+                    metadata
+                        .iter()
+                        .all(|(k, v)| m.get(k).is_some_and(|have| have == v))
+                })
+            });
+            if let Some(item) = found {
+                return Ok(Some(FoundItem {
+                    id: item.id.as_str().to_owned(),
+                    invoice: item
+                        .invoice
+                        .as_ref()
+                        .and_then(|i| i.id().as_ref().map(|id| id.as_str().to_owned())),
+                }));
+            }
+            match page.data.last() {
+                Some(last) if page.has_more => after = Some(last.id.as_str().to_owned()),
+                _ => return Ok(None),
+            }
+        }
+    }
+}
+
 /// Where a one-off charge goes.
 #[derive(Debug, Clone, Copy)]
 pub enum ItemTarget<'a> {

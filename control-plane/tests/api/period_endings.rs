@@ -626,3 +626,71 @@ async fn a_final_sweep_finds_the_subscriptions_waiting_item_behind_a_page_of_oth
             .unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_part_retried_after_stripe_pruned_its_key_is_found_in_stripe_not_billed_twice() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    crash_after_stripe_until_released(&app).await;
+    let (clock, _start, end) = premium_with_usage_in(&app, "day-late", 120).await;
+    app.advance(&clock, end.unix_timestamp() + 60).await;
+    app.eventually(
+        "a crash after Stripe added the renewal's overage",
+        "SELECT is_called FROM crash_count",
+    )
+    .await;
+    // The retry comes a day later: Stripe has pruned the item's idempotency key, so the
+    // same request would be a new item (the customer billed twice).
+    sqlx::query(
+        "UPDATE overage_charges SET created_at = now() - interval '25 hours'
+         WHERE customer_id = 'day-late' AND state = 'pending'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.stripe_post("/v1/test_helpers/idempotency_keys/expire", &[])
+        .await;
+    sqlx::query("INSERT INTO crash_released DEFAULT VALUES")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.eventually(
+        "the renewal's overage recorded",
+        "SELECT count(*) = 1 FROM overage_charges
+         WHERE customer_id = 'day-late' AND state = 'billed' AND units = 20",
+    )
+    .await;
+    let (draft, item): (String, String) = sqlx::query_as(
+        "SELECT stripe_invoice_id, stripe_invoice_item_id FROM overage_charges
+         WHERE customer_id = 'day-late' AND part = 0",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let invoice = app.stripe_get(&format!("/v1/invoices/{draft}")).await;
+    let overage: Vec<&Value> = invoice["lines"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| {
+            l["description"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Overage")
+        })
+        .collect();
+    assert_eq!(overage.len(), 1, "one overage line, not two: {invoice}");
+    assert_eq!(overage[0]["amount"], 3_980);
+    let customer = invoice["customer"].as_str().unwrap().to_owned();
+    let items = app
+        .stripe_get(&format!("/v1/invoiceitems?customer={customer}&limit=100"))
+        .await;
+    let overage_items: Vec<&Value> = items["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["metadata"]["tollgate_period_start"].is_string())
+        .collect();
+    assert_eq!(overage_items.len(), 1, "{items}");
+    assert_eq!(overage_items[0]["id"], item.as_str());
+}

@@ -20,6 +20,17 @@ pub fn router() -> Router<App> {
             get(webhook_config).post(configure_webhooks),
         )
         .route("/v1/test_helpers/webhooks/deliveries", get(deliveries))
+        .route(
+            "/v1/test_helpers/idempotency_keys/expire",
+            post(expire_idempotency_keys),
+        )
+}
+
+/// `POST /v1/test_helpers/idempotency_keys/expire`: every stored idempotency key is
+/// forgotten, as Stripe prunes keys after 24 h; a retry after it is a new request.
+async fn expire_idempotency_keys(State(app): State<App>) -> Json<Value> {
+    let forgotten = app.idempotency.forget_all();
+    Json(json!({ "forgotten": forgotten }))
 }
 
 /// `GET /health`.
