@@ -7,6 +7,11 @@
 //! once per `identity.jwks_min_refresh_seconds`) when a token names a key id the set
 //! does not hold, so an identity provider's key rotation never locks customers out.
 //! A failed refresh keeps the keys already loaded.
+//!
+//! A token verified once is remembered (by its exact text, with its `exp` and `nbf`), so
+//! the requests of one client cost a lookup instead of a signature check and two JSON
+//! parses each. A remembered token is still refused once it expires, and the memory is
+//! dropped whenever the keys change (a refresh), so a removed key stops working at once.
 
 use crate::settings::IdentitySettings;
 use arc_swap::ArcSwap;
@@ -32,11 +37,27 @@ pub struct Claims {
     pub iat: u64,
 }
 
-/// What verification deserializes: the subject, nothing else.
+/// What verification deserializes: the subject and the times a remembered token is
+/// checked against.
 #[derive(Deserialize)]
 struct Subject {
     sub: String,
+    exp: u64,
+    #[serde(default)]
+    nbf: Option<u64>,
 }
+
+/// A token verified earlier: whose it is and until when.
+#[derive(Clone)]
+struct Verified {
+    customer: CustomerId,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+/// How many verified tokens are remembered, and for how long at most.
+const VERIFIED_CAPACITY: u64 = 4_096;
+const VERIFIED_FOR: Duration = Duration::from_secs(300);
 
 /// Why a token was refused. The messages are safe to show a client.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -87,6 +108,8 @@ pub struct IdentityVerifier {
     issuer: String,
     audience: String,
     leeway: u64,
+    /// Tokens verified against the keys loaded now (emptied when they change).
+    verified: moka::sync::Cache<Arc<str>, Verified>,
 }
 
 impl IdentityVerifier {
@@ -159,6 +182,10 @@ impl IdentityVerifier {
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
             leeway: settings.leeway_seconds,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_CAPACITY)
+                .time_to_live(VERIFIED_FOR)
+                .build(),
         })
     }
 
@@ -206,6 +233,8 @@ impl IdentityVerifier {
         let count = keys.len();
         if self.source.is_some() {
             self.jwks.store(Arc::new(keys));
+            // Verified against keys that may be gone now.
+            self.verified.invalidate_all();
         }
         Ok(count)
     }
@@ -253,6 +282,28 @@ impl IdentityVerifier {
 
     /// Verifies against the keys loaded right now, without re-reading anything.
     pub fn verify_loaded(&self, token: &str) -> Result<CustomerId, IdentityError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(known) = self.verified.get(token) {
+            // The validator's own rules, with its leeway.
+            if known.exp.saturating_add(self.leeway) < now {
+                self.verified.invalidate(token);
+                return Err(IdentityError::Expired);
+            }
+            if known
+                .nbf
+                .is_some_and(|nbf| nbf > now.saturating_add(self.leeway))
+            {
+                return Err(IdentityError::NotYetValid);
+            }
+            return Ok(known.customer);
+        }
+        let verified = self.verify_signature(token)?;
+        let customer = verified.customer.clone();
+        self.verified.insert(Arc::from(token), verified);
+        Ok(customer)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<Verified, IdentityError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| IdentityError::Malformed)?;
         let jwks = self.jwks.load();
         let matches_kid = |k: &&VerificationKey| match (&header.kid, &k.kid) {
@@ -286,8 +337,13 @@ impl IdentityVerifier {
             validation.leeway = self.leeway;
             match jsonwebtoken::decode::<Subject>(token, &candidate.key, &validation) {
                 Ok(data) => {
-                    return CustomerId::parse(&data.claims.sub)
-                        .map_err(|_| IdentityError::BadSubject);
+                    let customer = CustomerId::parse(&data.claims.sub)
+                        .map_err(|_| IdentityError::BadSubject)?;
+                    return Ok(Verified {
+                        customer,
+                        exp: data.claims.exp,
+                        nbf: data.claims.nbf,
+                    });
                 }
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind;
@@ -669,10 +725,9 @@ MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQggMvZgiQtssKnGThr
         let fetches = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let url = jwks_server(document.clone(), fetches.clone()).await;
         let verifier = IdentityVerifier::load(&url_settings(url)).await.unwrap();
-        assert_eq!(
-            verifier.verify(&token_signed(ES256_TEST_KEY, "k1")).await,
-            Ok(customer())
-        );
+        let old = token_signed(ES256_TEST_KEY, "k1");
+        assert_eq!(verifier.verify(&old).await, Ok(customer()));
+        assert_eq!(verifier.verify(&old).await, Ok(customer()), "remembered");
 
         // The provider rotates: k2 in, k1 out.
         *document.lock().unwrap() = serde_json::json!({"keys": [jwk_of(ES256_ROTATED_KEY, "k2")]});
@@ -688,6 +743,23 @@ MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQggMvZgiQtssKnGThr
             Err(IdentityError::UnknownKey),
             "the retired key is gone"
         );
+        assert_eq!(
+            verifier.verify_loaded(&old),
+            Err(IdentityError::UnknownKey),
+            "a token remembered from before the rotation is not accepted after it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_is_refused_once_it_expires() {
+        let issuer = TokenIssuer::new(&settings(SECRET)).unwrap();
+        let verifier = IdentityVerifier::new(&settings(SECRET), None).unwrap();
+        let token = issuer.issue(&customer(), now(), 1).unwrap();
+        assert_eq!(verifier.verify_loaded(&token), Ok(customer()));
+        assert_eq!(verifier.verify_loaded(&token), Ok(customer()));
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        assert_eq!(verifier.verify_loaded(&token), Err(IdentityError::Expired));
+        assert_eq!(verifier.verify_loaded(&token), Err(IdentityError::Expired));
     }
 
     #[tokio::test]
