@@ -2,6 +2,7 @@
 //! entitlement updates it pushes to every proxy.
 
 pub mod config;
+pub mod credit_model;
 pub mod customers;
 pub mod db;
 pub mod entitlements;

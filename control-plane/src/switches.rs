@@ -77,15 +77,7 @@ pub async fn complete(
         return Ok(false);
     };
     // Older grants expire with the switch, before the converted fee is granted.
-    let expired = sqlx::query(
-        "UPDATE billing_credits SET closed_at = now(), closed_reason = 'billing_model_switch',
-             updated_at = now()
-         WHERE customer_id = $1 AND closed_at IS NULL",
-    )
-    .bind(&customer)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
+    let expired = crate::credit_model::expire_grants(tx, &customer, None).await?;
     enter_credit_model(tx, &customer, &target).await?;
     if let (Some(amount), Some(price)) = (unused_fee, unit_price) {
         sqlx::query(
@@ -141,22 +133,5 @@ pub async fn enter_credit_model(
     customer: &str,
     plan: &str,
 ) -> Result<(), sqlx::Error> {
-    crate::customers::ensure(&mut *conn, customer).await?;
-    let now = time::OffsetDateTime::now_utc();
-    sqlx::query(
-        "INSERT INTO subscriptions (customer_id, plan_type, billing_model, status,
-             current_period_start, current_period_end)
-         VALUES ($1, $2, 'credit_burndown', 'active', $3, $4)
-         ON CONFLICT (customer_id) WHERE stripe_subscription_id IS NULL DO UPDATE
-         SET plan_type = EXCLUDED.plan_type, status = 'active', created_at = now(),
-             current_period_start = EXCLUDED.current_period_start,
-             current_period_end = EXCLUDED.current_period_end, updated_at = now()",
-    )
-    .bind(customer)
-    .bind(plan)
-    .bind(now)
-    .bind(now + time::Duration::days(30))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    crate::credit_model::enter(conn, customer, plan, crate::credit_model::Entry::Restart).await
 }

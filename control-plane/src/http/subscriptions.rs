@@ -303,15 +303,8 @@ async fn enter_credit_model(
 
 /// Closes every open grant with the reason `billing_model_switch`.
 async fn expire_credits(state: &AppState, customer: &CustomerId) -> Result<u64, ApiError> {
-    Ok(sqlx::query!(
-        "UPDATE billing_credits SET closed_at = now(), closed_reason = 'billing_model_switch',
-             updated_at = now()
-         WHERE customer_id = $1 AND closed_at IS NULL",
-        customer.as_str()
-    )
-    .execute(&state.pool)
-    .await?
-    .rows_affected())
+    let mut conn = state.pool.acquire().await?;
+    Ok(crate::credit_model::expire_grants(&mut conn, customer.as_str(), None).await?)
 }
 
 /// Change the plan (upgrade now, downgrade at the period end), switch the billing model,

@@ -7,7 +7,6 @@ use crate::stripe::GatewayError;
 use billing_model::{CustomerId, PlanId};
 use serde_json::Value;
 use sqlx::{Postgres, Transaction};
-use time::OffsetDateTime;
 
 /// A paid credit pack becomes a grant (once per Checkout Session), and the customer is on
 /// the credit-burndown model of that plan.
@@ -84,19 +83,12 @@ pub(super) async fn grant_credits(
             .credit_purchased_cents
             .inc_by(u64::try_from(total).unwrap_or(0));
     }
-    let anchor = OffsetDateTime::now_utc();
-    sqlx::query!(
-        "INSERT INTO subscriptions (customer_id, plan_type, billing_model, status,
-             current_period_start, current_period_end)
-         VALUES ($1, $2, 'credit_burndown', 'active', $3, $4)
-         ON CONFLICT (customer_id) WHERE stripe_subscription_id IS NULL DO UPDATE
-         SET plan_type = EXCLUDED.plan_type, status = 'active', updated_at = now()",
+    crate::credit_model::enter(
+        tx,
         customer,
         plan.id().as_str(),
-        anchor,
-        anchor + time::Duration::days(30)
+        crate::credit_model::Entry::Keep,
     )
-    .execute(&mut **tx)
     .await?;
     Ok(Some(customer_id))
 }

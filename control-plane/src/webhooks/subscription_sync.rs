@@ -300,16 +300,7 @@ async fn expire_credits_on_switch(
     customer: &str,
     subscription_id: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "UPDATE billing_credits SET closed_at = now(), closed_reason = 'billing_model_switch',
-             updated_at = now()
-         WHERE customer_id = $1 AND closed_at IS NULL
-           AND created_at < (SELECT created_at FROM subscriptions WHERE stripe_subscription_id = $2)",
-        customer,
-        subscription_id
-    )
-    .execute(&mut **tx)
-    .await?;
+    crate::credit_model::expire_grants(tx, customer, Some(subscription_id)).await?;
     // The credit-model row stops being the customer's plan.
     sqlx::query!(
         "UPDATE subscriptions SET status = 'canceled', updated_at = now()
