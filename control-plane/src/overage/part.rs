@@ -329,38 +329,26 @@ async fn send(
             }
             Err(e) => Err(e),
         },
-        BillTo::NextInvoice(subscription) => Ok(Billed {
-            billed_on: format!("next:{subscription}"),
-            invoice_item: add(ItemTarget::NextInvoice(subscription)).await?,
-        }),
-        BillTo::OwnInvoice(subscription) => {
-            // The card of a Checkout subscription is on the subscription, not the customer.
-            let payment_method = match subscription {
-                Some(s) => gateway.subscription_payment_method(s).await?,
-                None => None,
-            };
-            let title = match part.kind {
-                Kind::Final => "Final usage of the subscription".to_owned(),
-                _ => part.description.clone(),
-            };
-            let invoice = gateway
-                .open_standalone_invoice(
-                    stripe_customer,
-                    payment_method.as_deref(),
-                    subscription.as_deref(),
-                    &title,
-                    part.metadata(),
-                    &key,
-                )
-                .await?;
-            let item = add(ItemTarget::Draft(&invoice)).await?;
-            let status = gateway.finalize_and_pay(&invoice, &key).await?;
-            tracing::info!(customer = %part.customer, units = part.units, amount = %part.amount,
-                invoice = %invoice, status = ?status, "overage invoiced on its own");
+        BillTo::NextInvoice(subscription) => {
+            if !gateway.subscription_is_live(subscription).await? {
+                // It ended since the part was decided (Stripe unreachable until after
+                // the ending's final sweep): no next invoice will come.
+                return after_ending(gateway, stripe_customer, part, subscription, &key).await;
+            }
             Ok(Billed {
-                billed_on: invoice,
-                invoice_item: item,
+                billed_on: format!("next:{subscription}"),
+                invoice_item: add(ItemTarget::NextInvoice(subscription)).await?,
             })
+        }
+        BillTo::OwnInvoice(subscription) => {
+            own_invoice(
+                gateway,
+                stripe_customer,
+                part,
+                subscription.as_deref(),
+                &key,
+            )
+            .await
         }
     }
 }
@@ -399,6 +387,96 @@ async fn already_sent(
         billed_on,
         invoice_item: found.id,
     }))
+}
+
+/// A part on an invoice of its own, charged at once; with `subscription`, the ended
+/// subscription's waiting items join it.
+async fn own_invoice(
+    gateway: &StripeGateway,
+    stripe_customer: &str,
+    part: &Part,
+    subscription: Option<&str>,
+    key: &[&str],
+) -> Result<Billed, GatewayError> {
+    // The card of a Checkout subscription is on the subscription, not the customer.
+    let payment_method = match subscription {
+        Some(s) => gateway.subscription_payment_method(s).await?,
+        None => None,
+    };
+    let title = match part.kind {
+        Kind::Final => "Final usage of the subscription".to_owned(),
+        _ => part.description.clone(),
+    };
+    let invoice = gateway
+        .open_standalone_invoice(
+            stripe_customer,
+            payment_method.as_deref(),
+            subscription,
+            &title,
+            part.metadata(),
+            key,
+        )
+        .await?;
+    let item = add_item(
+        gateway,
+        stripe_customer,
+        part,
+        ItemTarget::Draft(&invoice),
+        key,
+    )
+    .await?;
+    let status = gateway.finalize_and_pay(&invoice, key).await?;
+    tracing::info!(customer = %part.customer, units = part.units, amount = %part.amount,
+        invoice = %invoice, status = ?status, "overage invoiced on its own");
+    Ok(Billed {
+        billed_on: invoice,
+        invoice_item: item,
+    })
+}
+
+/// A part meant for the next invoice of a subscription that has ended. An earlier attempt
+/// may have reached Stripe while it lived (its item waits on the subscription, or was
+/// swept already): found by its metadata, it is collected — swept onto an invoice of its
+/// own if still waiting — and never created twice. Otherwise the part goes on an invoice
+/// of its own, which also sweeps whatever else of the subscription waits. Each step is
+/// keyed by the part, so a retry resumes it.
+async fn after_ending(
+    gateway: &StripeGateway,
+    stripe_customer: &str,
+    part: &Part,
+    subscription: &str,
+    key: &[&str],
+) -> Result<Billed, GatewayError> {
+    let since = (part.decided_at - time::Duration::hours(1)).unix_timestamp();
+    let Some(found) = gateway
+        .find_invoice_item(stripe_customer, since, &part.metadata())
+        .await?
+    else {
+        return own_invoice(gateway, stripe_customer, part, Some(subscription), key).await;
+    };
+    let invoice = match found.invoice {
+        Some(invoice) => invoice,
+        None => {
+            let payment_method = gateway.subscription_payment_method(subscription).await?;
+            gateway
+                .open_standalone_invoice(
+                    stripe_customer,
+                    payment_method.as_deref(),
+                    Some(subscription),
+                    &part.description,
+                    part.metadata(),
+                    key,
+                )
+                .await?
+        }
+    };
+    let status = gateway.finalize_and_pay(&invoice, key).await?;
+    tracing::info!(customer = %part.customer, item = %found.id, invoice = %invoice,
+        status = ?status, "a part sent after its subscription ended, collected on its own");
+    Ok(Billed {
+        billed_on: invoice,
+        invoice_item: found.id,
+    })
 }
 
 async fn add_item(

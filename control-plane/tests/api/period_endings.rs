@@ -694,3 +694,71 @@ async fn a_part_retried_after_stripe_pruned_its_key_is_found_in_stripe_not_bille
     assert_eq!(overage_items.len(), 1, "{items}");
     assert_eq!(overage_items[0]["id"], item.as_str());
 }
+
+#[tokio::test]
+async fn a_late_part_that_reaches_stripe_after_its_subscription_ended_is_invoiced_not_left_waiting()
+{
+    use tollgate_control_plane::jobs::overage_trueup::run_once;
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    premium_with_usage(&app, "stranded", 100).await;
+    let (start, end) = stored_period(&app, "stranded").await;
+    let sub: String = sqlx::query_scalar(
+        "SELECT stripe_subscription_id FROM subscriptions WHERE customer_id = 'stranded'
+         AND stripe_subscription_id IS NOT NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let r = app
+        .call_as(
+            "stranded",
+            Method::DELETE,
+            "/api/v1/billing/subscriptions?immediately=true",
+            None,
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    app.eventually(
+        "the ending's sweep done",
+        "SELECT bool_and(stripe_invoice_id = 'none') FROM overage_charges
+         WHERE customer_id = 'stranded'",
+    )
+    .await;
+    // Five late tickets, and their part decided while the subscription lived (for its
+    // next invoice) but sent only now: Stripe was unreachable in between.
+    app.ingest_usage("stranded", 5, &rfc(start), &rfc(end))
+        .await;
+    sqlx::query(
+        "INSERT INTO overage_charges (customer_id, billing_period_start, billing_period_end,
+             plan_type, units, unit_rate, amount, state, kind, bill_to, description, part,
+             created_at)
+         VALUES ('stranded', $1, $2, 'premium', 5, 1.99, 9.95, 'pending', 'trueup',
+                 'next:' || $3, 'Overage true-up: 5 tickets at $1.99', 1,
+                 now() - interval '5 minutes')",
+    )
+    .bind(start)
+    .bind(end)
+    .bind(&sub)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let report = run_once(&app.state).await.unwrap();
+    assert_eq!(report.failures, 0, "{report:?}");
+    let (invoice, item): (String, String) = sqlx::query_as(
+        "SELECT stripe_invoice_id, stripe_invoice_item_id FROM overage_charges
+         WHERE customer_id = 'stranded' AND part = 1 AND state = 'billed'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        invoice.starts_with("in_"),
+        "swept onto an invoice, not left for a next one: {invoice}"
+    );
+    let item = app.stripe_get(&format!("/v1/invoiceitems/{item}")).await;
+    assert_eq!(item["invoice"], invoice.as_str(), "{item}");
+    let invoice = app.stripe_get(&format!("/v1/invoices/{invoice}")).await;
+    assert_eq!(invoice["status"], "paid", "{invoice}");
+    assert_eq!(invoice["amount_paid"], 995);
+}
