@@ -549,7 +549,8 @@ pub fn checkout_session(cs: &CheckoutSession) -> Value {
             "shipping_options": [],
             "submit_type": null,
             "total_details": { "amount_discount": 0, "amount_shipping": 0, "amount_tax": 0 },
-            "ui_mode": "hosted",
+            // Since API 2026-03-25: `hosted_page` (was `hosted`), `embedded_page`, `elements`.
+            "ui_mode": "hosted_page",
             "adaptive_pricing": null,
             "discounts": null,
             "collected_information": null,
