@@ -351,7 +351,6 @@ impl TollgateProxy {
     /// The upstream succeeded. The unit must be logged before the response may leave;
     /// `Err` is the problem to answer instead.
     fn consume(&self, mut admission: Admission) -> std::result::Result<(), Box<Problem>> {
-        self.unsettled.fetch_sub(1, Ordering::Relaxed);
         if let Some(guard) = &admission.hold
             && guard.in_doubt()
         {
@@ -382,11 +381,15 @@ impl TollgateProxy {
                 tracing::error!(error = %e, event_id = %event.event_id, customer = %event.customer_id, "usage event could not be logged; withholding the response");
                 let hold = admission.hold.take();
                 self.release_hold(&admission, hold);
+                self.unsettled.fetch_sub(1, Ordering::Relaxed);
                 return Err(Box::new(Problem::usage_not_recorded()));
             }
         };
         self.metrics.usage_logged.inc();
         self.commit(admission, ticket);
+        // Settled only once its commit is counted as pending: the shutdown drain never
+        // sees neither while the unit is on its way.
+        self.unsettled.fetch_sub(1, Ordering::Relaxed);
         Ok(())
     }
 

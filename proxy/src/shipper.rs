@@ -136,11 +136,17 @@ impl Shipper {
     async fn drain(&self) {
         // Leave a second of the grace period for the final shipment.
         let deadline = Instant::now() + self.drain.saturating_sub(Duration::from_secs(1));
-        while (self.unsettled.load(Ordering::Relaxed) > 0
-            || self.pending_commits.load(Ordering::Relaxed) > 0)
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // Until the deadline, not only until nothing is in flight: pingora serves the
+        // connections it accepted for the whole grace period, and a request accepted
+        // just before the signal may be admitted (and consume) only after it. What
+        // settles meanwhile is shipped as it settles.
+        while Instant::now() < deadline {
+            if self.unsettled.load(Ordering::Relaxed) == 0
+                && self.pending_commits.load(Ordering::Relaxed) == 0
+            {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.ship_once()).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let shipped = tokio::time::timeout(Duration::from_secs(5), self.ship_once()).await;
         match shipped {
