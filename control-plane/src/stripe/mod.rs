@@ -818,39 +818,62 @@ impl StripeGateway {
         since: i64,
         metadata: &HashMap<String, String>,
     ) -> Result<Option<FoundItem>, GatewayError> {
-        use stripe_billing::invoice_item::ListInvoiceItem;
-        let mut after: Option<String> = None;
-        loop {
-            let mut request = ListInvoiceItem::new()
-                .customer(stripe_customer)
-                .created(stripe_types::RangeQueryTs::gte(since))
-                .limit(100);
-            if let Some(a) = after.as_deref() {
-                request = request.starting_after(a);
-            }
-            let page = request
-                .send(&self.client)
-                .timed(&self.api_seconds, "list_invoice_items")
-                .await?;
-            let found = page.data.iter().find(|item| {
+        let found = self
+            .first_invoice_item(stripe_customer, Some(since), false, |item| {
                 item.metadata.as_ref().is_some_and(|m| {
                     metadata
                         .iter()
                         .all(|(k, v)| m.get(k).is_some_and(|have| have == v))
                 })
-            });
-            if let Some(item) = found {
-                return Ok(Some(FoundItem {
-                    id: item.id.as_str().to_owned(),
-                    invoice: item
-                        .invoice
-                        .as_ref()
-                        .and_then(|i| i.id().as_ref().map(|id| id.as_str().to_owned())),
-                }));
+            })
+            .await?;
+        Ok(found.map(|item| FoundItem {
+            id: item.id.as_str().to_owned(),
+            invoice: item
+                .invoice
+                .as_ref()
+                .and_then(|i| i.id().as_ref().map(|id| id.as_str().to_owned())),
+        }))
+    }
+
+    /// The first of the customer's invoice items (only pending ones when `pending`,
+    /// created since `since` when given) that `matches`, reading every page: a customer
+    /// may have more items than one page holds, and the one looked for may be on any.
+    async fn first_invoice_item(
+        &self,
+        stripe_customer: &str,
+        since: Option<i64>,
+        pending: bool,
+        matches: impl Fn(&stripe_billing::InvoiceItem) -> bool,
+    ) -> Result<Option<stripe_billing::InvoiceItem>, GatewayError> {
+        use stripe_billing::invoice_item::ListInvoiceItem;
+        let mut after: Option<String> = None;
+        loop {
+            let mut request = ListInvoiceItem::new().customer(stripe_customer).limit(100);
+            if pending {
+                request = request.pending(true);
             }
-            match page.data.last() {
-                Some(last) if page.has_more => after = Some(last.id.as_str().to_owned()),
-                _ => return Ok(None),
+            if let Some(since) = since {
+                request = request.created(stripe_types::RangeQueryTs::gte(since));
+            }
+            if let Some(a) = after.as_deref() {
+                request = request.starting_after(a);
+            }
+            let mut page = request
+                .send(&self.client)
+                .timed(&self.api_seconds, "list_invoice_items")
+                .await?;
+            let next = page
+                .data
+                .last()
+                .filter(|_| page.has_more)
+                .map(|last| last.id.as_str().to_owned());
+            if let Some(at) = page.data.iter().position(&matches) {
+                return Ok(Some(page.data.swap_remove(at)));
+            }
+            match next {
+                Some(last) => after = Some(last),
+                None => return Ok(None),
             }
         }
     }
@@ -1180,34 +1203,14 @@ impl StripeGateway {
         stripe_customer: &str,
         subscription: &str,
     ) -> Result<bool, GatewayError> {
-        use stripe_billing::invoice_item::ListInvoiceItem;
-        // Every page: a customer may have more pending items than one page holds (other
-        // subscriptions', one-off charges), and the subscription's may be on any of them.
-        let mut after: Option<String> = None;
-        loop {
-            let mut request = ListInvoiceItem::new()
-                .customer(stripe_customer)
-                .pending(true)
-                .limit(100);
-            if let Some(a) = after.as_deref() {
-                request = request.starting_after(a);
-            }
-            let page = request
-                .send(&self.client)
-                .timed(&self.api_seconds, "list_invoice_items")
-                .await?;
-            if page.data.iter().any(|item| {
+        let found = self
+            .first_invoice_item(stripe_customer, None, true, |item| {
                 item.parent
                     .as_ref()
                     .and_then(|p| p.subscription_details.as_ref())
                     .is_some_and(|d| d.subscription == subscription)
-            }) {
-                return Ok(true);
-            }
-            match page.data.last() {
-                Some(last) if page.has_more => after = Some(last.id.as_str().to_owned()),
-                _ => return Ok(false),
-            }
-        }
+            })
+            .await?;
+        Ok(found.is_some())
     }
 }
