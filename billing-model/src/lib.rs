@@ -31,5 +31,5 @@ pub use money::{Money, MoneyError, MoneyOverflow, round_half_up_to_cents};
 pub use overage::{overage_amount, overage_units};
 pub use period::{BillingPeriod, PeriodError};
 pub use problem::Problem;
-pub use proration::{Proration, ProrationError, prorate_change, unused_time};
+pub use proration::{Proration, ProrationError, prorate_change};
 pub use usage::{UsageBatch, UsageEvent, UsageType};

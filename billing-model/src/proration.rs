@@ -85,16 +85,6 @@ pub fn prorate_change(
     })
 }
 
-/// What the rest of a paid period is worth when the subscription ends at `ends_at`: the
-/// "Unused time" line of a change, as a positive amount (rounded like every line).
-pub fn unused_time(
-    fee: Money,
-    period: BillingPeriod,
-    ends_at: OffsetDateTime,
-) -> Result<Money, ProrationError> {
-    Ok(-prorate_change(fee, Money::from_cents(0), period, ends_at)?.unused_old())
-}
-
 /// `fee × remaining / total`, rounded to the cent, halves up.
 ///
 /// The one place that decides rounding: Stripe's exact rule is unconfirmed (see
@@ -111,30 +101,6 @@ fn prorated_line(fee: Money, remaining: i64, total: i64) -> Money {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn unused_time_is_the_unused_line_as_a_credit() {
-        let period = BillingPeriod::from_bounds(
-            datetime!(2026-03-01 0:00 UTC),
-            datetime!(2026-03-31 0:00 UTC),
-        )
-        .unwrap();
-        let fee = Money::from_cents(19_900);
-        // Half the period left: half the fee; a third left: 66.333… → 66.33.
-        assert_eq!(
-            unused_time(fee, period, datetime!(2026-03-16 0:00 UTC)).unwrap(),
-            Money::from_cents(9_950)
-        );
-        assert_eq!(
-            unused_time(fee, period, datetime!(2026-03-21 0:00 UTC)).unwrap(),
-            Money::from_cents(6_633)
-        );
-        assert_eq!(
-            unused_time(fee, period, period.end()).unwrap(),
-            Money::from_cents(0)
-        );
-        assert!(unused_time(fee, period, datetime!(2026-04-02 0:00 UTC)).is_err());
-    }
-
     use super::*;
     use proptest::prelude::*;
     use time::Duration;

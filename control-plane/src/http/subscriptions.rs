@@ -10,7 +10,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use billing_model::{
-    BillingModel, BillingPeriod, CustomerId, Money, Plan, PlanId, prorate_change, unused_time,
+    BillingModel, BillingPeriod, CustomerId, Money, Plan, PlanId, prorate_change,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -428,9 +428,11 @@ async fn switch_model(
 /// without an invoice: the money would be stranded. So the subscription is cancelled
 /// without proration (pending prorations are invoiced now; overage goes on the final
 /// invoice the sync opens) and the unused time becomes a grant worth exactly that amount
-/// on `target`'s per-ticket price. A period whose latest invoice is not paid (past due,
-/// or a renewal draft not collected yet) is worth nothing. The amount is the plan's list
-/// fee (no discounts or tax are modelled). Crash-safe: see [`crate::switches`].
+/// on `target`'s per-ticket price. The amount is what Stripe itself would credit for the
+/// unused time (a cancel-now preview: flexible billing mode credits what was debited, so
+/// a negotiated price or a discount counts as paid, not the list fee). A period whose
+/// latest invoice is not paid (past due, or a renewal draft not collected yet) is worth
+/// nothing. Crash-safe: see [`crate::switches`].
 async fn end_for_credits(
     state: &AppState,
     customer: &CustomerId,
@@ -444,16 +446,12 @@ async fn end_for_credits(
     // renewal whose draft is not collected yet (cancelling stops its collection).
     let paid_for = gateway.latest_invoice_paid(sub).await?;
     let unused = if paid_for {
-        // The fee of the plan paid for this period (during a pending downgrade, the
-        // higher one: flexible billing debited it).
-        let paid = plan(state, "plan", &current.plan_type)?;
-        let bound = |t: i64| OffsetDateTime::from_unix_timestamp(t).map_err(|e| anyhow::anyhow!(e));
-        let period = BillingPeriod::from_bounds(bound(item.period_start)?, bound(item.period_end)?)
-            .map_err(|e| anyhow::anyhow!(e))?;
-        Some(
-            unused_time(paid.monthly_fee(), period, bound(item.change_instant())?)
-                .map_err(|e| anyhow::anyhow!(e))?,
-        )
+        // What Stripe would credit for the rest of the period: what was debited for it
+        // (during a pending downgrade the higher fee, a negotiated price as it is).
+        let cents = gateway
+            .unused_time_credit(sub, item.change_instant())
+            .await?;
+        Some(Money::from_cents(cents))
     } else {
         None
     };

@@ -425,13 +425,7 @@ impl StripeGateway {
         // applies the customer's balance, which the change's invoice then also carries:
         // `total_cents` is what is charged, `prorations_cents` what the change costs.
         let (mut unused, mut remaining) = (0, 0);
-        let prorations = preview.lines.data.iter().filter(|line| {
-            line.parent
-                .as_ref()
-                .and_then(|p| p.subscription_item_details.as_ref())
-                .is_some_and(|d| d.proration)
-        });
-        for line in prorations {
+        for line in proration_lines(&preview) {
             if line.amount < 0 {
                 unused += line.amount;
             } else {
@@ -444,6 +438,40 @@ impl StripeGateway {
             prorations_cents: unused + remaining,
             total_cents: preview.amount_due,
         })
+    }
+
+    /// What Stripe credits for the unused time of `subscription` if it ended at
+    /// `proration_date`, in cents (positive): the proration lines of a cancel-now preview.
+    /// In flexible billing mode Stripe computes them from what was debited for the period
+    /// (a negotiated price, a discount or an earlier mid-period change included), so this
+    /// is what the customer paid for and has not used, not the list fee's share.
+    pub async fn unused_time_credit(
+        &self,
+        subscription: &str,
+        proration_date: i64,
+    ) -> Result<i64, GatewayError> {
+        use stripe_billing::invoice::{
+            CreatePreviewInvoice, CreatePreviewInvoiceSubscriptionDetails,
+            CreatePreviewInvoiceSubscriptionDetailsProrationBehavior,
+        };
+        let preview = CreatePreviewInvoice::new()
+            .subscription(subscription)
+            .subscription_details(CreatePreviewInvoiceSubscriptionDetails {
+                cancel_now: Some(true),
+                proration_date: Some(proration_date),
+                proration_behavior: Some(
+                    CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::CreateProrations,
+                ),
+                ..CreatePreviewInvoiceSubscriptionDetails::new()
+            })
+            .send(&self.client)
+            .timed(&self.api_seconds, "unused_time_credit")
+            .await?;
+        let credited: i64 = proration_lines(&preview)
+            .map(|line| line.amount)
+            .filter(|amount| *amount < 0)
+            .sum();
+        Ok(-credited)
     }
 
     /// Changes `item` to `price` now, invoicing the proration at once; returns the id of
@@ -550,6 +578,20 @@ impl StripeGateway {
             now,
         })
     }
+}
+
+/// A preview's proration lines: what a change itself costs or credits. A preview also
+/// shows pending invoice items (an overage true-up waiting for the next invoice) and the
+/// renewal, which are not the change's.
+fn proration_lines(
+    preview: &stripe_shared::Invoice,
+) -> impl Iterator<Item = &stripe_shared::InvoiceLineItem> {
+    preview.lines.data.iter().filter(|line| {
+        line.parent
+            .as_ref()
+            .and_then(|p| p.subscription_item_details.as_ref())
+            .is_some_and(|d| d.proration)
+    })
 }
 
 /// A subscription's (first) item as a price change needs it.

@@ -312,6 +312,84 @@ async fn switching_to_credits_turns_the_unused_fee_into_credits_not_a_stranded_b
     assert_eq!(grants, 1);
 }
 
+/// Issue 14 (3): the unused fee is what the customer paid for the rest of the period,
+/// not the list fee's share. A subscription on a price the company negotiated ($99.00 a
+/// month for Premium, made in the Dashboard) switched to credits half way through is worth
+/// half of $99.00: what Stripe debited, and what Stripe itself would credit.
+#[tokio::test]
+async fn switching_to_credits_from_a_negotiated_price_credits_what_was_paid_not_the_list_fee() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let clock = app.customer_on_clock("negotiated", now()).await;
+    let stripe_customer: String = sqlx::query_scalar(
+        "SELECT stripe_customer_id FROM customers WHERE customer_id = 'negotiated'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let price = app
+        .stripe_post(
+            "/v1/prices",
+            &[
+                ("currency", "usd"),
+                ("unit_amount", "9900"),
+                ("recurring[interval]", "month"),
+                ("product_data[name]", "Premium (negotiated)"),
+                ("metadata[tollgate_plan]", "premium"),
+            ],
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sub = app
+        .stripe_post(
+            "/v1/subscriptions",
+            &[
+                ("customer", stripe_customer.as_str()),
+                ("items[0][price]", price.as_str()),
+                ("default_payment_method", "pm_card_visa"),
+            ],
+        )
+        .await;
+    assert_eq!(sub["status"], "active", "{sub}");
+    let item = &sub["items"]["data"][0];
+    let (start, end) = (
+        item["current_period_start"].as_i64().unwrap(),
+        item["current_period_end"].as_i64().unwrap(),
+    );
+    app.eventually(
+        "the negotiated subscription stored as Premium",
+        "SELECT bool_or(status = 'active' AND plan_type = 'premium') FROM subscriptions
+         WHERE customer_id = 'negotiated'",
+    )
+    .await;
+    let half = start + (end - start) / 2;
+    app.advance(&clock, half).await;
+    let r = app
+        .call_as(
+            "negotiated",
+            Method::PATCH,
+            "/api/v1/billing/subscriptions",
+            Some(json!({"billing_model": "credit_burndown"})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    // $99.00 × remaining / period at the clock's instant, half-up to the cent: written
+    // from the pricing rule, not read from Stripe. The list fee would give $99.50.
+    let n = 9_900_i128 * i128::from(end - half);
+    let d = i128::from(end - start);
+    let expected = Decimal::new(((2 * n + d) / (2 * d)) as i64, 2);
+    assert_eq!(
+        Decimal::from_str(body["unused_fee_credited"].as_str().unwrap()).unwrap(),
+        expected,
+        "{body}"
+    );
+    let credits = app.get_as("negotiated", "/api/v1/billing/credits").await;
+    assert_eq!(credits["grants"][0]["credit_amount"], expected.to_string());
+}
+
 #[tokio::test]
 async fn switching_to_credits_before_the_renewal_is_collected_credits_nothing() {
     let app = spawn_app_with_stripe_webhooks().await;

@@ -331,6 +331,13 @@ async fn create_preview(State(app): State<App>, req: StripeRequest) -> ApiResult
     )?;
     let proration_date = details.i64("proration_date")?;
     let cancel_at_period_end = details.bool("cancel_at_period_end")?.unwrap_or(false);
+    let cancel_now = details.bool("cancel_now")?.unwrap_or(false);
+    if cancel_now && (!changes.is_empty() || cancel_at_period_end) {
+        return Err(ApiError::invalid(
+            "subscription_details[cancel_now]",
+            "cancel_now cannot be combined with items or cancel_at_period_end.",
+        ));
+    }
     app.run(&req.info, |store| {
         let sub = match p.str("subscription") {
             Some(id) => Some(
@@ -395,7 +402,26 @@ async fn create_preview(State(app): State<App>, req: StripeRequest) -> ApiResult
                 proration_date,
                 "subscription_details[proration_date]",
             )?;
-            let (new_items, prorations) = billing::plan_item_changes(store, sub, &changes, t)?;
+            // Cancelling now credits every item's unused time (from what was debited, in
+            // flexible billing mode) and renews nothing: each item is removed at `t`.
+            let removals: Vec<billing::ItemChange>;
+            let changes = if cancel_now {
+                removals = sub
+                    .items
+                    .iter()
+                    .map(|item| billing::ItemChange {
+                        id: Some(item.id.clone()),
+                        price: None,
+                        quantity: None,
+                        deleted: true,
+                        metadata: None,
+                    })
+                    .collect();
+                &removals
+            } else {
+                &changes
+            };
+            let (new_items, prorations) = billing::plan_item_changes(store, sub, changes, t)?;
             let proration_lines: Vec<InvoiceLine> = prorations
                 .iter()
                 .map(|pr| InvoiceLine {
@@ -431,7 +457,7 @@ async fn create_preview(State(app): State<App>, req: StripeRequest) -> ApiResult
                 if behavior == "create_prorations" {
                     lines.extend(proration_lines);
                 }
-                if !(cancel_at_period_end || sub.cancel_at_period_end) {
+                if !(cancel_now || cancel_at_period_end || sub.cancel_at_period_end) {
                     let (renewal, _) = billing::renewal_lines(store, &next);
                     lines.extend(renewal);
                 }

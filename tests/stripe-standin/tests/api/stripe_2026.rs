@@ -195,3 +195,70 @@ async fn flexible_mode_credits_what_was_debited_classic_the_current_price() {
     // Classic: credits the unused half of the current ($10) price.
     assert_eq!(moved_down_then_up("classic").await, vec![-500, 1000]);
 }
+
+/// A cancel-now preview: one "Unused time" credit per item at `proration_date`, from what
+/// was debited in flexible mode (the $20 paid, though the price moved to $10 without
+/// proration), and no renewal line; nothing changes.
+#[tokio::test]
+async fn a_cancel_now_preview_credits_the_unused_time_of_what_was_debited() {
+    let app = spawn_app().await;
+    let plans = create_plans(&app).await;
+    let (_clock, customer) = customer_on_clock(&app, JAN_31, "cancel-preview@example.com").await;
+    let (status, sub) = app
+        .post(
+            "/v1/subscriptions",
+            &[
+                ("customer", customer.as_str()),
+                ("items[0][price]", plans.pro.id.as_str()),
+                ("default_payment_method", "pm_card_visa"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{sub}");
+    let id = sub["id"].as_str().unwrap();
+    let item = sub["items"]["data"][0]["id"].as_str().unwrap();
+    let (status, _) = app
+        .post(
+            &format!("/v1/subscriptions/{id}"),
+            &[
+                ("items[0][id]", item),
+                ("items[0][price]", plans.basic.id.as_str()),
+                ("proration_behavior", "none"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let half = (JAN_31 + 14 * DAY).to_string();
+    let (status, preview) = app
+        .post(
+            "/v1/invoices/create_preview",
+            &[
+                ("subscription", id),
+                ("subscription_details[cancel_now]", "true"),
+                ("subscription_details[proration_date]", half.as_str()),
+                ("subscription_details[proration_behavior]", "create_prorations"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    let lines = preview["lines"]["data"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{preview}");
+    assert_eq!(lines[0]["amount"], -1000);
+    assert_eq!(
+        lines[0]["parent"]["subscription_item_details"]["proration"],
+        true
+    );
+    let (_, after) = app.get(&format!("/v1/subscriptions/{id}")).await;
+    assert_eq!(after["status"], "active", "a preview changes nothing");
+    let (status, err) = app
+        .post(
+            "/v1/invoices/create_preview",
+            &[
+                ("subscription", id),
+                ("subscription_details[cancel_now]", "true"),
+                ("subscription_details[cancel_at_period_end]", "true"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+}
