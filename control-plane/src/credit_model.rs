@@ -1,6 +1,7 @@
-//! The credit-burndown row of a customer in `subscriptions` (one per customer: it has no
-//! Stripe subscription) and the expiry of grants on a billing-model switch, written here
-//! only, so entering and leaving the model mean one thing whichever path does it.
+//! Entering the credit-burndown model (the customer's one credit-model row in
+//! `subscriptions`, stored by [`crate::subscription_store`]) and the expiry of grants on a
+//! billing-model switch, decided here only, so entering and leaving the model mean one
+//! thing whichever path does it.
 
 use sqlx::PgConnection;
 
@@ -24,26 +25,14 @@ pub async fn enter(
 ) -> Result<(), sqlx::Error> {
     crate::customers::ensure(&mut *conn, customer).await?;
     let now = time::OffsetDateTime::now_utc();
-    sqlx::query(
-        "INSERT INTO subscriptions (customer_id, plan_type, billing_model, status,
-             current_period_start, current_period_end)
-         VALUES ($1, $2, 'credit_burndown', 'active', $3, $4)
-         ON CONFLICT (customer_id) WHERE stripe_subscription_id IS NULL DO UPDATE
-         SET plan_type = EXCLUDED.plan_type, status = 'active', updated_at = now(),
-             created_at = CASE WHEN $5 THEN now() ELSE subscriptions.created_at END,
-             current_period_start = CASE WHEN $5 THEN EXCLUDED.current_period_start
-                                         ELSE subscriptions.current_period_start END,
-             current_period_end = CASE WHEN $5 THEN EXCLUDED.current_period_end
-                                       ELSE subscriptions.current_period_end END",
+    crate::subscription_store::upsert_credit_row(
+        conn,
+        customer,
+        plan,
+        entry == Entry::Restart,
+        (now, now + time::Duration::days(30)),
     )
-    .bind(customer)
-    .bind(plan)
-    .bind(now)
-    .bind(now + time::Duration::days(30))
-    .bind(entry == Entry::Restart)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Unused credits expire when the customer switches billing model: closes the
@@ -56,15 +45,22 @@ pub async fn expire_grants(
     customer: &str,
     bought_before: Option<&str>,
 ) -> Result<u64, sqlx::Error> {
+    let before = match bought_before {
+        // A subscription not stored yet began after nothing.
+        Some(subscription) => match crate::subscription_store::created_at(conn, subscription).await? {
+            Some(t) => Some(t),
+            None => return Ok(0),
+        },
+        None => None,
+    };
     Ok(sqlx::query(
         "UPDATE billing_credits SET closed_at = now(), closed_reason = 'billing_model_switch',
              updated_at = now()
          WHERE customer_id = $1 AND closed_at IS NULL
-           AND ($2::text IS NULL OR created_at <
-                (SELECT created_at FROM subscriptions WHERE stripe_subscription_id = $2))",
+           AND ($2::timestamptz IS NULL OR created_at < $2)",
     )
     .bind(customer)
-    .bind(bought_before)
+    .bind(before)
     .execute(&mut *conn)
     .await?
     .rows_affected())

@@ -105,16 +105,8 @@ async fn burn_credits(
     }
     let mut burned = 0i64;
     let customers: Vec<String> = units.keys().cloned().collect();
-    let credit_customers = sqlx::query_scalar!(
-        r#"SELECT DISTINCT ON (customer_id) customer_id AS "customer_id!"
-           FROM subscriptions
-           WHERE customer_id = ANY($1) AND billing_model = 'credit_burndown'
-             AND status NOT IN ('incomplete', 'incomplete_expired', 'canceled')
-           ORDER BY customer_id, created_at DESC"#,
-        &customers
-    )
-    .fetch_all(&mut **tx)
-    .await?;
+    let credit_customers =
+        crate::subscription_store::on_credits_among(&mut *tx, &customers).await?;
     let now = OffsetDateTime::now_utc();
     let mut changed = Vec::new();
     for customer in credit_customers {

@@ -17,5 +17,6 @@ pub mod signature;
 pub mod startup;
 pub mod state;
 pub mod stripe;
+pub mod subscription_store;
 pub mod switches;
 pub mod webhooks;

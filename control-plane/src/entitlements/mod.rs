@@ -36,16 +36,7 @@ pub struct Entitlements {
 }
 
 /// The stored subscription fields an entitlement depends on.
-struct SubscriptionRow {
-    plan_type: String,
-    billing_model: String,
-    status: String,
-    current_period_start: Option<OffsetDateTime>,
-    current_period_end: Option<OffsetDateTime>,
-    grace_until: Option<OffsetDateTime>,
-    /// A downgrade that takes effect when the current period ends.
-    pending_plan_type: Option<String>,
-}
+type SubscriptionRow = crate::subscription_store::PlanRow;
 
 impl Entitlements {
     pub fn new(
@@ -107,28 +98,14 @@ impl Entitlements {
         // Two statements: a second statement sees a row a concurrent first sight
         // committed while this one's INSERT waited for it (one statement would not).
         crate::customers::ensure(&mut *conn, customer.as_str()).await?;
-        let anchor: OffsetDateTime =
-            sqlx::query_scalar("SELECT free_period_anchor FROM customers WHERE customer_id = $1")
-                .bind(customer.as_str())
-                .fetch_one(&mut *conn)
-                .await?;
+        let anchor = crate::customers::free_period_anchor(&mut *conn, customer.as_str()).await?;
 
         // The anchor comes from the database clock; never compute a period for an
         // instant before it (that would be the period that ended at the anchor).
         let now = OffsetDateTime::now_utc().max(anchor);
 
-        let subscription = sqlx::query_as!(
-            SubscriptionRow,
-            r#"SELECT plan_type, billing_model, status, current_period_start,
-                      current_period_end, grace_until, pending_plan_type
-               FROM subscriptions
-               WHERE customer_id = $1 AND status NOT IN ('incomplete', 'incomplete_expired')
-               ORDER BY status = 'canceled', created_at DESC
-               LIMIT 1"#,
-            customer.as_str()
-        )
-        .fetch_optional(&mut *conn)
-        .await?;
+        let subscription =
+            crate::subscription_store::plan_row(&mut *conn, customer.as_str()).await?;
 
         let free = self.catalog.free_plan();
         let mut snapshot = match subscription
@@ -183,12 +160,13 @@ impl Entitlements {
             .ok()
             .and_then(|id| self.catalog.get(&id))?;
         let model = BillingModel::from_name(&row.billing_model)?;
-        let status = match row.status.as_str() {
-            "active" => AccessStatus::Active,
-            "trialing" => AccessStatus::Trialing,
-            "past_due" if row.grace_until.is_none_or(|g| g > now) => AccessStatus::PastDueInGrace,
-            "past_due" | "unpaid" | "paused" => AccessStatus::Lapsed,
-            _ => return None,
+        use crate::subscription_store::SubscriptionStatus as S;
+        let status = match row.status()? {
+            S::Active => AccessStatus::Active,
+            S::Trialing => AccessStatus::Trialing,
+            S::PastDue if row.grace_until.is_none_or(|g| g > now) => AccessStatus::PastDueInGrace,
+            S::PastDue | S::Unpaid | S::Paused => AccessStatus::Lapsed,
+            S::Canceled | S::Incomplete | S::IncompleteExpired => return None,
         };
         // A period that has ended while its renewal webhook is still on the way: the
         // next anniversary period has begun all the same (rolled from both bounds, so a

@@ -118,15 +118,11 @@ async fn subscription(
 /// Plan, model, status, period, cancellation, pending downgrade, grace, and the next
 /// invoice as Stripe estimates it plus the overage so far.
 pub async fn subscription_view(state: &AppState, customer: &CustomerId) -> Result<Value, ApiError> {
-    let row = sqlx::query!(
-        r#"SELECT plan_type, billing_model, status, current_period_start, current_period_end,
-                  cancel_at_period_end, pending_plan_type, grace_until, stripe_subscription_id
-           FROM subscriptions WHERE customer_id = $1
-           ORDER BY status = 'canceled', created_at DESC LIMIT 1"#,
-        customer.as_str()
-    )
-    .fetch_optional(&state.pool)
-    .await?;
+    // The row the entitlements are computed from: what is shown is what is enforced.
+    let row = {
+        let mut conn = state.pool.acquire().await?;
+        crate::subscription_store::plan_row(&mut conn, customer.as_str()).await?
+    };
     let snapshot = state.publisher.entitlements().snapshot(customer).await?;
     let rfc = |t: Option<OffsetDateTime>| {
         t.and_then(|t| {
@@ -151,7 +147,7 @@ pub async fn subscription_view(state: &AppState, customer: &CustomerId) -> Resul
         Some(r) => {
             let next_invoice = match (&r.stripe_subscription_id, &state.stripe) {
                 (Some(sub), Some(gateway))
-                    if !r.cancel_at_period_end && crate::stripe::is_live(&r.status) =>
+                    if !r.cancel_at_period_end && r.status().is_some_and(|s| s.is_live()) =>
                 {
                     match gateway.upcoming_invoice(sub).await {
                         Ok((cents, at)) => {

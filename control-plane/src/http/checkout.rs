@@ -93,27 +93,14 @@ pub async fn stripe_customer(
     customer: &CustomerId,
 ) -> Result<String, ApiError> {
     crate::customers::ensure(&state.pool, customer.as_str()).await?;
-    let existing = sqlx::query_scalar!(
-        "SELECT stripe_customer_id FROM customers WHERE customer_id = $1",
-        customer.as_str()
-    )
-    .fetch_one(&state.pool)
-    .await?;
+    let existing = crate::customers::stripe_customer_of(&state.pool, customer.as_str()).await?;
     if let Some(id) = existing {
         return Ok(id);
     }
     // Idempotent on the customer id: two concurrent first checkouts get the same
     // Stripe customer, and the first writer's id is kept.
     let created = gateway.create_customer(customer.as_str()).await?;
-    let stored = sqlx::query_scalar!(
-        r#"UPDATE customers SET stripe_customer_id = COALESCE(stripe_customer_id, $2), updated_at = now()
-           WHERE customer_id = $1 RETURNING stripe_customer_id AS "id!""#,
-        customer.as_str(),
-        created
-    )
-    .fetch_one(&state.pool)
-    .await?;
-    Ok(stored)
+    Ok(crate::customers::claim_stripe_customer(&state.pool, customer.as_str(), &created).await?)
 }
 
 /// What a completed earlier session of the same request means.
@@ -302,15 +289,11 @@ async fn checkout(
 
 /// Whether the customer pays a fixed fee through a live Stripe subscription.
 async fn on_fixed_fee(state: &AppState, customer: &CustomerId) -> Result<bool, ApiError> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM subscriptions
-             WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
-               AND status = ANY($2))",
+    Ok(
+        crate::subscription_store::live_fixed(&state.pool, customer.as_str())
+            .await?
+            .is_some(),
     )
-    .bind(customer.as_str())
-    .bind(&crate::stripe::LIVE_STATUSES[..])
-    .fetch_one(&state.pool)
-    .await?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -443,13 +426,7 @@ async fn portal(
     let Query(q) = query.map_err(|e| invalid("return_url", e.body_text()))?;
     url("return_url", &q.return_url)?;
     let gateway = gateway(&state)?;
-    let existing = sqlx::query_scalar!(
-        "SELECT stripe_customer_id FROM customers WHERE customer_id = $1",
-        customer.as_str()
-    )
-    .fetch_optional(&state.pool)
-    .await?
-    .flatten();
+    let existing = crate::customers::stripe_customer_of(&state.pool, customer.as_str()).await?;
     let Some(stripe_customer) = existing else {
         return Err(ApiError::Conflict {
             code: "no_billing_account",

@@ -77,27 +77,10 @@ fn is_free(state: &AppState, plan: &Plan) -> bool {
 }
 
 /// The customer's live Stripe subscription, as stored.
-#[derive(sqlx::FromRow)]
-struct Current {
-    stripe_subscription_id: String,
-    plan_type: String,
-    pending_plan_type: Option<String>,
-    /// When the stored Stripe state was fetched (ms): the version a change is based on.
-    stripe_state_at: i64,
-}
+type Current = crate::subscription_store::LiveFixed;
 
 async fn current_fixed(state: &AppState, customer: &str) -> Result<Option<Current>, ApiError> {
-    Ok(sqlx::query_as::<_, Current>(
-        "SELECT stripe_subscription_id, plan_type, pending_plan_type, stripe_state_at
-         FROM subscriptions
-         WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
-           AND status = ANY($2)
-         ORDER BY created_at DESC LIMIT 1",
-    )
-    .bind(customer)
-    .bind(&crate::stripe::LIVE_STATUSES[..])
-    .fetch_optional(&state.pool)
-    .await?)
+    Ok(crate::subscription_store::live_fixed(&state.pool, customer).await?)
 }
 
 fn no_subscription() -> ApiError {
@@ -270,14 +253,8 @@ async fn saved_card(
     {
         return Ok(Some(card));
     }
-    let earlier: Vec<String> = sqlx::query_scalar(
-        "SELECT stripe_subscription_id FROM subscriptions
-         WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
-         ORDER BY created_at DESC LIMIT 3",
-    )
-    .bind(customer.as_str())
-    .fetch_all(&state.pool)
-    .await?;
+    let earlier =
+        crate::subscription_store::newest_stripe_ids(&state.pool, customer.as_str(), 3).await?;
     for subscription in earlier {
         if let Some(card) = gateway.subscription_payment_method(&subscription).await?
             && gateway
@@ -626,13 +603,9 @@ async fn cancel(
     }
     resync(&state, sub).await?;
     state.publisher.publish(&customer).await?;
-    let stored = sqlx::query!(
-        r#"SELECT status, cancel_at_period_end, current_period_end FROM subscriptions
-           WHERE stripe_subscription_id = $1"#,
-        sub
-    )
-    .fetch_one(&state.pool)
-    .await?;
+    let stored = crate::subscription_store::cancellation(&state.pool, sub)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the cancelled subscription {sub} is not stored"))?;
     Ok(Json(json!({
         "status": stored.status,
         "cancel_at_period_end": stored.cancel_at_period_end,

@@ -27,13 +27,7 @@ pub async fn refresh(state: &AppState) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let rows = sqlx::query!(
-        r#"SELECT plan_type, billing_model, status, COUNT(*) AS "n!"
-           FROM subscriptions WHERE status <> 'canceled'
-           GROUP BY plan_type, billing_model, status"#
-    )
-    .fetch_all(&state.pool)
-    .await?;
+    let rows = crate::subscription_store::count_by_plan(&state.pool).await?;
     m.active_subscriptions.reset();
     m.mrr_cents.reset();
     for plan in state.catalog.iter() {
@@ -44,37 +38,29 @@ pub async fn refresh(state: &AppState) -> anyhow::Result<()> {
                 .set(0);
         }
     }
-    for r in &rows {
+    for (plan_type, billing_model, status, n) in &rows {
         m.active_subscriptions
-            .with_label_values(&[&r.plan_type, &r.billing_model, &r.status])
-            .set(r.n);
+            .with_label_values(&[plan_type, billing_model, status])
+            .set(*n);
         // MRR counts fixed fees that are being paid: active, trialing or within grace.
-        let paying = crate::stripe::is_live(&r.status);
-        if paying && r.billing_model == "fixed_fee" {
-            let fee = PlanId::parse(&r.plan_type)
+        let paying = crate::subscription_store::SubscriptionStatus::parse(status)
+            .is_some_and(|s| s.is_live());
+        if paying && billing_model == "fixed_fee" {
+            let fee = PlanId::parse(plan_type)
                 .ok()
                 .and_then(|p| state.catalog.get(&p))
                 .map(|p| p.monthly_fee())
                 .unwrap_or(Money::ZERO);
             m.mrr_cents
-                .with_label_values(&[&r.plan_type])
-                .add(fee.to_cents() * r.n);
+                .with_label_values(&[plan_type])
+                .add(fee.to_cents() * n);
         }
     }
 
-    let usage = sqlx::query!(
-        r#"SELECT COALESCE(s.plan_type, $1) AS "plan!", SUM(u.quantity)::BIGINT AS "units!"
-           FROM usage_records u
-           LEFT JOIN LATERAL (
-               SELECT plan_type FROM subscriptions s
-               WHERE s.customer_id = u.customer_id AND s.status <> 'canceled'
-               ORDER BY s.created_at DESC LIMIT 1
-           ) s ON true
-           WHERE u.billing_period_end > now()
-           GROUP BY 1"#,
-        state.catalog.free_plan().id().as_str()
+    let usage = crate::subscription_store::usage_this_period_by_plan(
+        &state.pool,
+        state.catalog.free_plan().id().as_str(),
     )
-    .fetch_all(&state.pool)
     .await?;
     m.period_usage_units.reset();
     for plan in state.catalog.iter() {
@@ -82,10 +68,8 @@ pub async fn refresh(state: &AppState) -> anyhow::Result<()> {
             .with_label_values(&[plan.id().as_str()])
             .set(0);
     }
-    for u in &usage {
-        m.period_usage_units
-            .with_label_values(&[&u.plan])
-            .set(u.units);
+    for (plan, units) in &usage {
+        m.period_usage_units.with_label_values(&[plan]).set(*units);
     }
 
     let backlog = sqlx::query_scalar!(

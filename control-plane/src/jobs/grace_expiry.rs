@@ -15,27 +15,17 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<u64> {
         .await?
         .and_then(|p| time::OffsetDateTime::from_unix_timestamp(p).ok())
         .unwrap_or(now - time::Duration::days(1));
-    let lapsed = sqlx::query!(
-        "SELECT customer_id, stripe_subscription_id FROM subscriptions
-         WHERE status = 'past_due' AND grace_until > $1 AND grace_until <= $2",
-        since,
-        now
-    )
-    .fetch_all(&state.pool)
-    .await?;
-    for row in &lapsed {
+    let lapsed = crate::subscription_store::graces_ended(&state.pool, since, now).await?;
+    for (customer_id, subscription) in &lapsed {
         crate::notifications::enqueue(
             &state.pool,
-            &row.customer_id,
+            customer_id,
             crate::notifications::Kind::FellBackToFree,
-            &format!(
-                "fallback/{}",
-                row.stripe_subscription_id.as_deref().unwrap_or("")
-            ),
+            &format!("fallback/{}", subscription.as_deref().unwrap_or("")),
             serde_json::json!({ "reason": "grace_period_ended" }),
         )
         .await?;
-        if let Ok(customer) = CustomerId::parse(&row.customer_id) {
+        if let Ok(customer) = CustomerId::parse(customer_id) {
             state.publisher.publish(&customer).await?;
             tracing::info!(customer = %customer, "grace period over: back to Free limits");
         }

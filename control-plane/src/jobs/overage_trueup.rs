@@ -166,12 +166,7 @@ async fn true_up(
         }
     };
     tx.commit().await?;
-    let stripe_customer: Option<String> =
-        sqlx::query_scalar("SELECT stripe_customer_id FROM customers WHERE customer_id = $1")
-            .bind(&part.customer)
-            .fetch_optional(&state.pool)
-            .await?
-            .flatten();
+    let stripe_customer = crate::customers::stripe_customer_of(&state.pool, &part.customer).await?;
     let Some(stripe_customer) = stripe_customer else {
         anyhow::bail!("the customer has no Stripe customer");
     };
@@ -213,21 +208,12 @@ async fn next_part(
     let amount = rate
         .checked_mul_units(units)
         .ok_or_else(|| anyhow::anyhow!("true-up amount overflows"))?;
-    let latest: Option<(String, String, bool)> = sqlx::query_as(
-        "SELECT stripe_subscription_id, status, cancel_at_period_end FROM subscriptions
-         WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
-         ORDER BY created_at DESC LIMIT 1",
-    )
-    .bind(&period.customer_id)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let latest = crate::subscription_store::newest_fixed(tx, &period.customer_id).await?;
     // A next invoice only comes for a subscription that lives on past its period; else
     // an invoice of its own, paid with the last subscription's card.
     let bill_to = match latest {
-        Some((id, status, ending)) if crate::stripe::is_live(&status) && !ending => {
-            BillTo::NextInvoice(id)
-        }
-        Some((id, ..)) => BillTo::OwnInvoice(Some(id)),
+        Some(sub) if sub.renews() => BillTo::NextInvoice(sub.stripe_subscription_id),
+        Some(sub) => BillTo::OwnInvoice(Some(sub.stripe_subscription_id)),
         None => BillTo::OwnInvoice(None),
     };
     Ok(Some(Part {

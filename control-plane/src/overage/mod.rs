@@ -99,12 +99,7 @@ pub async fn bill_renewal_draft(
         return Ok(None);
     };
     let mut tx = pool.begin().await?;
-    let Some(customer) = sqlx::query_scalar!(
-        "SELECT customer_id FROM subscriptions WHERE stripe_subscription_id = $1",
-        subscription
-    )
-    .fetch_optional(&mut *tx)
-    .await?
+    let Some(customer) = crate::subscription_store::customer_of(&mut tx, subscription).await?
     else {
         return Ok(None);
     };

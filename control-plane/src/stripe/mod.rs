@@ -1084,13 +1084,9 @@ impl StripeGateway {
     }
 }
 
-/// The Stripe subscription statuses that give the customer its plan (SQL binds this list:
-/// `status = ANY($n)`).
-pub const LIVE_STATUSES: [&str; 3] = ["active", "trialing", "past_due"];
-
 /// Whether a Stripe subscription status gives the customer its plan.
 pub fn is_live(status: &str) -> bool {
-    LIVE_STATUSES.contains(&status)
+    crate::subscription_store::SubscriptionStatus::parse(status).is_some_and(|s| s.is_live())
 }
 
 /// Why tollgate gives a payment back.

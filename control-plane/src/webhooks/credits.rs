@@ -53,12 +53,9 @@ pub(super) async fn grant_credits(
     let total = amount.to_cents();
     // The same lock as a subscription's sync, taken first as the sync does (a pack and a
     // subscription stored at the same time see each other, and never deadlock).
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('subscription-sync/' || $1, 0))")
-        .bind(customer)
-        .execute(&mut **tx)
-        .await?;
+    crate::subscription_store::lock_customer(tx, customer).await?;
     crate::customers::link_stripe(&mut **tx, customer, session["customer"].as_str()).await?;
-    if !super::subscription_sync::other_live_subscriptions(tx, customer, "")
+    if !crate::subscription_store::other_live(tx, customer, "")
         .await?
         .is_empty()
     {

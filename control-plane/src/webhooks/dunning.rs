@@ -47,17 +47,9 @@ pub(super) async fn record_payment(
                 .invoice_payment_seconds
                 .observe((paid_at - invoice.created).max(0) as f64);
         }
-        let recovered = sqlx::query!(
-            "UPDATE subscriptions SET payment_failed_attempts = 0, next_payment_attempt = NULL,
-                 grace_until = NULL, updated_at = now()
-             WHERE stripe_subscription_id = $1
-               AND (grace_until IS NOT NULL OR payment_failed_attempts > 0)",
-            subscription_id
-        )
-        .execute(&mut **tx)
-        .await?;
+        let recovered = crate::subscription_store::clear_dunning(tx, subscription_id).await?;
         if invoice.attempt_count > 1 {
-            if recovered.rows_affected() > 0 {
+            if recovered {
                 state
                     .metrics
                     .payments
@@ -65,7 +57,7 @@ pub(super) async fn record_payment(
                     .inc();
             }
             if let Some(customer) =
-                super::subscription_sync::subscription_customer(tx, subscription_id).await?
+                crate::subscription_store::customer_of(tx, subscription_id).await?
             {
                 crate::notifications::enqueue(
                     &mut **tx,
@@ -90,9 +82,7 @@ pub(super) async fn record_payment(
     if outcome == PaymentOutcome::Failed {
         state.metrics.payments.with_label_values(&["failed"]).inc();
     }
-    if let Some(customer) =
-        super::subscription_sync::subscription_customer(tx, subscription_id).await?
-    {
+    if let Some(customer) = crate::subscription_store::customer_of(tx, subscription_id).await? {
         crate::notifications::enqueue(
             &mut **tx,
             &customer,
@@ -110,19 +100,7 @@ pub(super) async fn record_payment(
         .unwrap_or_else(|_| OffsetDateTime::now_utc());
     let paid_until = OffsetDateTime::from_unix_timestamp(invoice.period_end).unwrap_or(failed_at);
     let grace_end = (failed_at + grace).max(paid_until);
-    sqlx::query!(
-        "UPDATE subscriptions SET
-             payment_failed_attempts = GREATEST(payment_failed_attempts, $2),
-             next_payment_attempt = $3,
-             grace_until = LEAST(COALESCE(grace_until, $4), $4),
-             updated_at = now()
-         WHERE stripe_subscription_id = $1",
-        subscription_id,
-        attempts,
-        next,
-        grace_end
-    )
-    .execute(&mut **tx)
-    .await?;
+    crate::subscription_store::record_failed_payment(tx, subscription_id, attempts, next, grace_end)
+        .await?;
     Ok(())
 }

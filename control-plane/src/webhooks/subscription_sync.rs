@@ -5,6 +5,7 @@
 
 use super::apply::ApplyError;
 use crate::state::AppState;
+use crate::subscription_store::{self as store, Before};
 use billing_model::{CustomerId, PlanId};
 use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
@@ -78,13 +79,7 @@ pub(super) async fn sync_subscription(
         );
         return Ok(None);
     };
-    let customer = match sqlx::query_scalar!(
-        "SELECT customer_id FROM customers WHERE stripe_customer_id = $1",
-        stripe_customer
-    )
-    .fetch_optional(&mut **tx)
-    .await?
-    {
+    let customer = match crate::customers::by_stripe_customer(&mut **tx, &stripe_customer).await? {
         Some(c) => c,
         None => match sub.metadata.get("tollgate_customer_id") {
             Some(c) => c.clone(),
@@ -98,15 +93,12 @@ pub(super) async fn sync_subscription(
     // both paid give Stripe two subscriptions: the one stored first stays, the other ends
     // now and its payment goes back. The customer's lock makes concurrent syncs of the two
     // see each other.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('subscription-sync/' || $1, 0))")
-        .bind(&customer)
-        .execute(&mut **tx)
-        .await?;
+    store::lock_customer(tx, &customer).await?;
     let mut duplicate = false;
     if crate::stripe::is_live(sub.status.as_str()) {
         // The stored rows say which came first; Stripe says whether it still lives (a
         // row left `active` by a lost event must not cost a new subscription its life).
-        for other in other_live_subscriptions(tx, &customer, subscription_id).await? {
+        for other in store::other_live(tx, &customer, subscription_id).await? {
             if gateway.subscription_is_live(&other).await? {
                 duplicate = true;
                 break;
@@ -146,52 +138,33 @@ pub(super) async fn sync_subscription(
     let period_start = OffsetDateTime::from_unix_timestamp(item.current_period_start).ok();
     let period_end = OffsetDateTime::from_unix_timestamp(item.current_period_end).ok();
     let status = sub.status.as_str().to_owned();
-    let before = sqlx::query_as!(
-        Before,
-        "SELECT plan_type, status FROM subscriptions WHERE stripe_subscription_id = $1",
-        subscription_id
-    )
-    .fetch_optional(&mut **tx)
-    .await?;
+    let before = store::before_sync(tx, subscription_id).await?;
     crate::customers::link_stripe(&mut **tx, &customer, Some(&stripe_customer)).await?;
-    let stored = sqlx::query_scalar!(
-        r#"INSERT INTO subscriptions (customer_id, stripe_subscription_id, stripe_customer_id,
-             plan_type, billing_model, status, current_period_start, current_period_end,
-             cancel_at_period_end, stripe_state_at, pending_plan_type)
-         VALUES ($1, $2, $3, $4, 'fixed_fee', $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (stripe_subscription_id) DO UPDATE SET
-             plan_type = EXCLUDED.plan_type,
-             pending_plan_type = EXCLUDED.pending_plan_type,
-             status = EXCLUDED.status,
-             current_period_start = EXCLUDED.current_period_start,
-             current_period_end = EXCLUDED.current_period_end,
-             cancel_at_period_end = EXCLUDED.cancel_at_period_end,
-             stripe_state_at = EXCLUDED.stripe_state_at,
-             updated_at = now()
-         WHERE subscriptions.stripe_state_at <= EXCLUDED.stripe_state_at
-         RETURNING (xmax = 0) AS "inserted!""#,
-        customer,
-        subscription_id,
-        stripe_customer,
-        plan.as_str(),
-        status,
-        period_start,
-        period_end,
-        sub.cancel_at_period_end,
-        fetched_at,
-        pending.as_ref().map(PlanId::as_str)
+    let stored = store::store_stripe_state(
+        tx,
+        &store::StripeState {
+            customer: &customer,
+            subscription: subscription_id,
+            stripe_customer: &stripe_customer,
+            plan: plan.as_str(),
+            pending_plan: pending.as_ref().map(PlanId::as_str),
+            status: &status,
+            period_start,
+            period_end,
+            cancel_at_period_end: sub.cancel_at_period_end,
+            fetched_at,
+        },
     )
-    .fetch_optional(&mut **tx)
     .await?;
     // Whether this sync created the row (a concurrent sync that lost the race updates).
-    let created = stored == Some(true);
+    let created = stored == store::Stored::Created;
     // The subscription ended (cancelled now or at its period end, a switch to credits
     // or Free, Stripe ending it after failed payments): no renewal draft will carry the
     // last period's overage, so it is invoiced now (once per period, see `overage`).
     // (A duplicate was never the customer's subscription: nothing of it was used.)
     let ended_now = !duplicate
         && status == "canceled"
-        && stored.is_some()
+        && stored != store::Stored::Older
         && before.as_ref().is_none_or(|b| b.status != "canceled");
     if ended_now
         && let (Some(start), Some(end)) = (period_start, period_end)
@@ -273,25 +246,6 @@ pub(super) async fn sync_subscription(
     Ok(Some(customer_id))
 }
 
-/// The customer's stored live Stripe subscriptions other than `subscription_id`.
-pub(super) async fn other_live_subscriptions(
-    tx: &mut Transaction<'_, Postgres>,
-    customer: &str,
-    subscription_id: &str,
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT stripe_subscription_id FROM subscriptions
-         WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
-           AND stripe_subscription_id <> $2
-           AND status = ANY($3)",
-    )
-    .bind(customer)
-    .bind(subscription_id)
-    .bind(&crate::stripe::LIVE_STATUSES[..])
-    .fetch_all(&mut **tx)
-    .await
-}
-
 /// Prepaid credits end when the customer moves to fixed fee: grants bought before the
 /// subscription began are closed with the reason kept (grants bought later, after a
 /// switch back to credits, are not this subscription's business).
@@ -302,28 +256,8 @@ async fn expire_credits_on_switch(
 ) -> Result<(), sqlx::Error> {
     crate::credit_model::expire_grants(tx, customer, Some(subscription_id)).await?;
     // The credit-model row stops being the customer's plan.
-    sqlx::query!(
-        "UPDATE subscriptions SET status = 'canceled', updated_at = now()
-         WHERE customer_id = $1 AND stripe_subscription_id IS NULL AND status <> 'canceled'
-           AND created_at < (SELECT created_at FROM subscriptions WHERE stripe_subscription_id = $2)",
-        customer,
-        subscription_id
-    )
-    .execute(&mut **tx)
-    .await?;
+    store::end_credit_row_before(tx, customer, subscription_id).await?;
     Ok(())
-}
-
-pub(super) async fn subscription_customer(
-    tx: &mut Transaction<'_, Postgres>,
-    subscription_id: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "SELECT customer_id FROM subscriptions WHERE stripe_subscription_id = $1",
-        subscription_id
-    )
-    .fetch_optional(&mut **tx)
-    .await
 }
 
 /// Churn, upgrades/downgrades and conversions, counted on the transition a sync stores.
@@ -361,13 +295,7 @@ async fn record_transition(
             }
         }
         None if created && matches!(status, "active" | "trialing") => {
-            let paid_before = sqlx::query_scalar!(
-                r#"SELECT COUNT(*) AS "n!" FROM subscriptions
-                   WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL"#,
-                customer
-            )
-            .fetch_one(&mut **tx)
-            .await?;
+            let paid_before = store::stripe_subscriptions_of(tx, customer).await?;
             // The row just stored is the only paid one: the customer's first.
             if paid_before <= 1 {
                 m.free_to_paid_conversions.inc();
@@ -378,8 +306,3 @@ async fn record_transition(
     Ok(())
 }
 
-/// The stored plan and status before a sync.
-struct Before {
-    plan_type: String,
-    status: String,
-}

@@ -122,3 +122,49 @@ fn only_the_stripe_module_sends_to_stripe() {
         "modules calling Stripe outside stripe/: {offenders:?}"
     );
 }
+
+/// The statements on a table found outside the module that owns it (`FROM`, `JOIN`,
+/// `INTO` or `UPDATE` naming it), by file.
+fn statements_outside(table: &str, owner: &str, verbs: &[&str]) -> Vec<String> {
+    all_sources()
+        .into_iter()
+        // The customer's data export reads every table as it is stored.
+        .filter(|(path, _)| path != owner && path != "http/export.rs")
+        .filter(|(_, text)| {
+            let text = text.to_ascii_uppercase();
+            verbs.iter().any(|verb| {
+                text.match_indices(&format!("{verb} {}", table.to_ascii_uppercase()))
+                    .any(|(i, m)| {
+                        // The whole name, not a longer table's (`subscriptions_x`).
+                        !text[i + m.len()..]
+                            .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                    })
+            })
+        })
+        .map(|(path, _)| path)
+        .collect()
+}
+
+#[test]
+fn every_statement_on_subscriptions_is_in_the_subscription_store() {
+    let offenders = statements_outside(
+        "subscriptions",
+        "subscription_store.rs",
+        &["FROM", "JOIN", "INTO", "UPDATE"],
+    );
+    assert!(
+        offenders.is_empty(),
+        "statements on subscriptions outside subscription_store.rs: {offenders:?}"
+    );
+}
+
+#[test]
+fn every_statement_on_customers_is_in_the_customers_module() {
+    // A join that only reads a customer's Stripe id beside another table's rows is the
+    // other table's statement.
+    let offenders = statements_outside("customers", "customers.rs", &["FROM", "INTO", "UPDATE"]);
+    assert!(
+        offenders.is_empty(),
+        "statements on customers outside customers.rs: {offenders:?}"
+    );
+}
