@@ -3,7 +3,8 @@
 //! customer on a test clock of their own — subscribe (Checkout or a saved card), tickets,
 //! an upgrade at a random instant, downgrades and their undoing, cancel and reactivate,
 //! cancel now, switches between the fixed fee and credits, credit packs, tickets on
-//! credits, full and partial refunds, failed and recovered renewals, several renewals.
+//! credits, full and partial refunds, failed and recovered renewals, several renewals,
+//! tickets of an ended period stored late and trued up.
 //! After every step the entitlements and credit balance must be what the reference model
 //! ([`model`], written from the pricing rules alone) says; at the end every invoice
 //! Stripe issued must be one the model expects, to the cent, and paid.
@@ -189,6 +190,12 @@ enum Step {
     /// A pack's Checkout opened on credits, then the switch to the fixed fee, then the
     /// pack paid: it no longer fits and is refunded in full.
     PackPaidAfterSwitch(Tier),
+    /// Tickets of the period that ended last reach the ledger only now (requests in
+    /// flight across its end, a usage log shipped late): the true-up job bills them.
+    LateTickets(i64),
+    /// Two subscription Checkouts opened side by side (two tabs, the first tier and the
+    /// other) and both paid: the first stays, the second is ended and refunded in full.
+    DuplicateCheckout(Tier),
 }
 
 impl Step {
@@ -211,6 +218,8 @@ impl Step {
         "Refund",
         "SwitchToFixed",
         "PackPaidAfterSwitch",
+        "LateTickets",
+        "DuplicateCheckout",
     ];
 
     fn kind(&self) -> String {
@@ -239,6 +248,8 @@ struct Journey<'a> {
     packs: Vec<(usize, String)>,
     /// Every pack's payment intent and what of it the journey refunded, in cents.
     pack_refunds: Vec<(String, i64)>,
+    /// Invoice payments tollgate must have refunded (a duplicate subscription's), cents.
+    invoice_refunds: Vec<(String, i64)>,
     /// Subscriptions seen so far (each subscribe must create a new one).
     subscriptions: Vec<String>,
     /// Stripe holds a card from an earlier subscription (direct subscribe possible).
@@ -294,6 +305,7 @@ impl<'a> Journey<'a> {
             log,
             packs: Vec::new(),
             pack_refunds: Vec::new(),
+            invoice_refunds: Vec::new(),
             subscriptions: Vec::new(),
             has_card: false,
             stats: Stats::default(),
@@ -323,6 +335,7 @@ impl<'a> Journey<'a> {
             Plan::Free => {
                 options.push((7, Step::Subscribe(tier(rng))));
                 options.push((3, Step::EnterCredits(tier(rng))));
+                options.push((1, Step::DuplicateCheckout(tier(rng))));
             }
             Plan::Fixed(f) => {
                 let n = rng.random_range(0..=f.paid.included() * 3 / 2);
@@ -381,6 +394,11 @@ impl<'a> Journey<'a> {
                 options.push((2, Step::SwitchToFixed(tier(rng))));
                 options.push((1, Step::PackPaidAfterSwitch(tier(rng))));
             }
+        }
+        if let Some(e) = &self.model.ended {
+            // Sometimes within the ended period's allowance, sometimes past it.
+            let n = rng.random_range(1..=e.tier.included() / 2);
+            options.push((1, Step::LateTickets(n)));
         }
         let total: u32 = options.iter().map(|(w, _)| w).sum();
         let mut pick = rng.random_range(0..total);
@@ -492,7 +510,112 @@ impl<'a> Journey<'a> {
                 assert_eq!(admitted, expected, "tickets admitted on credits");
             }
             Step::Refund { full } => self.refund(full).await,
+            Step::LateTickets(n) => self.late_tickets(n).await,
+            Step::DuplicateCheckout(t) => self.duplicate_checkout(t).await,
         }
+    }
+
+    /// Checkouts for `first` and for the other tier opened together, then paid in that
+    /// order: the customer is on `first`; the second subscription's first invoice was
+    /// paid and is refunded whole.
+    async fn duplicate_checkout(&mut self, first: Tier) {
+        let second = match first {
+            Tier::Premium => Tier::Enterprise,
+            Tier::Enterprise => Tier::Premium,
+        };
+        let open = |t: Tier| {
+            self.app.checkout(
+                &self.customer,
+                &json!({"plan": t.id(), "billing_model": "fixed_fee",
+                    "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
+            )
+        };
+        if self.has_card {
+            // Not in the second an earlier subscription started (see `subscribe`).
+            let to = self.now + self.rng.random_range(1..=HOUR);
+            self.advance(to).await;
+        }
+        let (a, b) = (open(first).await, open(second).await);
+        assert_ne!(a, b, "two intents, two sessions");
+        self.subscribe_through(&a, first).await;
+        self.app.pay(&b).await;
+        let duplicate = self
+            .app
+            .stripe_get(&format!("/v1/checkout/sessions/{b}"))
+            .await["subscription"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        self.until(
+            "the duplicate ended",
+            format!(
+                "SELECT status = 'canceled' FROM subscriptions
+                 WHERE stripe_subscription_id = '{duplicate}'"
+            ),
+        )
+        .await;
+        let sub = self
+            .app
+            .stripe_get(&format!("/v1/subscriptions/{duplicate}"))
+            .await;
+        let invoice = self
+            .app
+            .stripe_get(&format!(
+                "/v1/invoices/{}?expand[]=payments",
+                sub["latest_invoice"].as_str().unwrap()
+            ))
+            .await;
+        let intent = invoice["payments"]["data"][0]["payment"]["payment_intent"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the duplicate's payment: {invoice}"))
+            .to_owned();
+        // Paid, then given back whole (check_refunds waits for nothing: look until done).
+        self.model.invoices.push(second.fee());
+        self.invoice_refunds.push((intent, second.fee()));
+        self.subscriptions.push(duplicate);
+        self.stats.refunds += 1;
+    }
+
+    /// `n` tickets of the period that ended last stored only now, then the true-up job
+    /// run (twice: a rerun bills nothing more). The ending's own parts are billed first,
+    /// as they are long before a late log arrives.
+    async fn late_tickets(&mut self, n: i64) {
+        let e = self.model.ended.clone().expect("a period ended");
+        let settled = format!(
+            "SELECT COALESCE(bool_and(state = 'billed'
+                                      AND COALESCE(stripe_invoice_id, '') NOT LIKE 'sweep:%'), true)
+             FROM overage_charges WHERE customer_id = '{}'",
+            self.customer
+        );
+        self.until("the ended periods' parts billed", settled.clone())
+            .await;
+        let late_parts = format!(
+            "SELECT count(*) FROM overage_charges WHERE customer_id = '{}' AND kind = 'trueup'",
+            self.customer
+        );
+        let before: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(late_parts.clone()))
+            .fetch_one(&self.app.pool)
+            .await
+            .unwrap();
+        self.app
+            .ingest_usage(&self.customer, n as usize, &rfc(e.start), &rfc(e.end))
+            .await;
+        let extra = self.model.late(n);
+        for _ in 0..2 {
+            tollgate_control_plane::jobs::overage_trueup::run_once(&self.app.state)
+                .await
+                .unwrap();
+        }
+        let after: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(late_parts))
+            .fetch_one(&self.app.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            after - before,
+            i64::from(extra > 0),
+            "one late part when the late tickets add overage, none otherwise"
+        );
+        self.until("the late part billed", settled).await;
     }
 
     /// One ticket reported to the ledger directly; whether it was admitted. A 503 means
@@ -574,13 +697,15 @@ impl<'a> Journey<'a> {
         }
     }
 
-    /// The newest Stripe subscription stored for the customer: (id, start, end).
+    /// The customer's Stripe subscription stored last, a live one before any other (a
+    /// duplicate ended at once is newer than the one that stays): (id, start, end).
     async fn stored(&self) -> (String, i64, i64) {
         sqlx::query_as(
             "SELECT stripe_subscription_id, extract(epoch FROM current_period_start)::BIGINT,
                     extract(epoch FROM current_period_end)::BIGINT
              FROM subscriptions WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
-             ORDER BY created_at DESC LIMIT 1",
+             ORDER BY status IN ('active', 'trialing', 'past_due') DESC, created_at DESC
+             LIMIT 1",
         )
         .bind(&self.customer)
         .fetch_one(&self.app.pool)
@@ -648,24 +773,34 @@ impl<'a> Journey<'a> {
                         "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
                 )
                 .await;
-            self.app.pay(&session).await;
-            let sub = self
-                .app
-                .stripe_get(&format!("/v1/checkout/sessions/{session}"))
-                .await["subscription"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            self.until(
-                "the Checkout subscription",
-                format!(
-                    "SELECT bool_or(status = 'active') FROM subscriptions
-                     WHERE stripe_subscription_id = '{sub}'"
-                ),
-            )
-            .await;
-            sub
+            return self.subscribe_through(&session, t).await;
         };
+        self.subscribed(subscription, t).await;
+    }
+
+    /// Pays the subscription Checkout `session` for `t` and waits until it is stored.
+    async fn subscribe_through(&mut self, session: &str, t: Tier) {
+        self.app.pay(session).await;
+        let sub = self
+            .app
+            .stripe_get(&format!("/v1/checkout/sessions/{session}"))
+            .await["subscription"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        self.until(
+            "the Checkout subscription",
+            format!(
+                "SELECT bool_or(status = 'active') FROM subscriptions
+                 WHERE stripe_subscription_id = '{sub}'"
+            ),
+        )
+        .await;
+        self.subscribed(sub, t).await;
+    }
+
+    /// `subscription` (new, on `t`) is stored: the model follows.
+    async fn subscribed(&mut self, subscription: String, t: Tier) {
         assert!(
             !self.subscriptions.contains(&subscription),
             "a subscribe made a new subscription, not {subscription} again"
@@ -985,8 +1120,9 @@ impl<'a> Journey<'a> {
                 }
                 let next = &view["next_invoice"]["estimated_total"];
                 if !f.cancel_at_end {
-                    let expected =
-                        f.pending.unwrap_or(f.paid).fee() + model::overage(f.paid, f.used);
+                    let expected = f.pending.unwrap_or(f.paid).fee()
+                        + model::overage(f.paid, f.used)
+                        + self.model.pending;
                     if !next.is_string() || cents(next) != expected {
                         wrong.push(format!(
                             "next invoice {next} (model {expected} cents): {}",
@@ -1068,7 +1204,12 @@ impl<'a> Journey<'a> {
         for invoice in invoices {
             for payment in invoice["payments"]["data"].as_array().into_iter().flatten() {
                 if let Some(pi) = payment["payment"]["payment_intent"].as_str() {
-                    intents.push((pi.to_owned(), 0));
+                    let refunded = self
+                        .invoice_refunds
+                        .iter()
+                        .find(|(i, _)| i == pi)
+                        .map_or(0, |(_, cents)| *cents);
+                    intents.push((pi.to_owned(), refunded));
                 }
             }
         }

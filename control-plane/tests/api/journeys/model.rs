@@ -126,10 +126,25 @@ pub enum Plan {
     Credits(Credits),
 }
 
+/// The fixed-fee period that ended last: tickets of it that reach the ledger late are
+/// billed afterwards (trued up) at the plan it was paid for.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub tier: Tier,
+    pub start: i64,
+    pub end: i64,
+    pub used: i64,
+}
+
 /// What a customer has been charged and holds.
 #[derive(Debug, Clone)]
 pub struct Model {
     pub plan: Plan,
+    pub ended: Option<Ended>,
+    /// Late overage waiting for the live subscription's next invoice, in cents (the
+    /// README's billing rule: trued up on the next invoice while the subscription lives,
+    /// which is the renewal, an upgrade's invoice or the final one, whichever comes first).
+    pub pending: i64,
     /// Every invoice that charges something, in cents, in the order they are issued.
     pub invoices: Vec<i64>,
     /// Credit pack payments (no invoice: Checkout in payment mode), in cents.
@@ -140,6 +155,8 @@ impl Default for Model {
     fn default() -> Self {
         Model {
             plan: Plan::Free,
+            ended: None,
+            pending: 0,
             invoices: Vec::new(),
             pack_payments: Vec::new(),
         }
@@ -191,25 +208,35 @@ impl Model {
     }
 
     /// An upgrade at `at`: the unused time of the old fee is credited and the remaining
-    /// time of the new fee charged, both invoiced now; the allowance and rate of the new
-    /// plan apply to the whole period's usage from then on. Returns the invoice total.
+    /// time of the new fee charged, both invoiced now (with any late overage waiting for
+    /// the next invoice); the allowance and rate of the new plan apply to the whole
+    /// period's usage from then on. Returns the invoice total.
     pub fn upgrade(&mut self, to: Tier, at: i64) -> i64 {
         let f = self.fixed();
         let (left, whole) = (f.end - at, f.end - f.start);
-        let total = share(to.fee(), left, whole) - share(f.paid.fee(), left, whole);
+        let proration = share(to.fee(), left, whole) - share(f.paid.fee(), left, whole);
         f.paid = to;
+        // The change's invoice also collects what waits for the next invoice.
+        let total = proration + std::mem::take(&mut self.pending);
         self.invoice(total);
         total
     }
 
     /// The period ends and renews: the next period's fee (the downgraded plan's, if one
-    /// is pending) plus the ended period's overage, priced by the plan paid for.
+    /// is pending) plus the ended period's overage, priced by the plan paid for, plus any
+    /// late overage waiting for the next invoice.
     pub fn renew(&mut self, next_start: i64, next_end: i64) -> i64 {
         let f = self.fixed().clone();
         assert!(!f.cancel_at_end);
         let next = f.pending.unwrap_or(f.paid);
-        let total = next.fee() + overage(f.paid, f.used);
+        let total = next.fee() + overage(f.paid, f.used) + std::mem::take(&mut self.pending);
         self.invoice(total);
+        self.ended = Some(Ended {
+            tier: f.paid,
+            start: f.start,
+            end: f.end,
+            used: f.used,
+        });
         self.plan = Plan::Fixed(Fixed {
             paid: next,
             pending: None,
@@ -221,12 +248,39 @@ impl Model {
         total
     }
 
-    /// The subscription ends (at its period end or now): the period's overage so far is
-    /// billed on its own invoice; nothing of the fee comes back.
+    /// The subscription ends (at its period end or now): the period's overage so far (and
+    /// late overage waiting for the next invoice) is billed on its own invoice; nothing
+    /// of the fee comes back.
     pub fn end(&mut self) {
         let f = self.fixed().clone();
-        self.invoice(overage(f.paid, f.used));
+        let pending = std::mem::take(&mut self.pending);
+        self.invoice(overage(f.paid, f.used) + pending);
+        self.ended_now(&f);
         self.plan = Plan::Free;
+    }
+
+    fn ended_now(&mut self, f: &Fixed) {
+        self.ended = Some(Ended {
+            tier: f.paid,
+            start: f.start,
+            end: f.end,
+            used: f.used,
+        });
+    }
+
+    /// `n` tickets of the period that ended last reach the ledger late: the overage they
+    /// add, at the plan that period was paid for, goes on the live subscription's next
+    /// invoice, or (none lives on past its period) on an invoice of its own now. Returns
+    /// the amount.
+    pub fn late(&mut self, n: i64) -> i64 {
+        let e = self.ended.as_mut().expect("a period ended");
+        let extra = overage(e.tier, e.used + n) - overage(e.tier, e.used);
+        e.used += n;
+        match &self.plan {
+            Plan::Fixed(f) if !f.cancel_at_end => self.pending += extra,
+            _ => self.invoice(extra),
+        }
+        extra
     }
 
     /// Fixed fee → credits of `to` at `at`: the period's overage is billed, and the
@@ -234,7 +288,12 @@ impl Model {
     /// Returns the grant's amount.
     pub fn switch_to_credits(&mut self, to: Tier, at: i64) -> i64 {
         let f = self.fixed().clone();
+        // What waits for the next invoice is invoiced with the cancellation, before the
+        // period's own overage.
+        let pending = std::mem::take(&mut self.pending);
+        self.invoice(pending);
         self.invoice(overage(f.paid, f.used));
+        self.ended_now(&f);
         let unused = share(f.paid.fee(), f.end - at, f.end - f.start);
         let grants = if unused > 0 {
             vec![Grant {
