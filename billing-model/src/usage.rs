@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::catalog::BillingModel;
 use crate::customer::CustomerId;
 use crate::period::BillingPeriod;
 
@@ -47,6 +48,13 @@ pub struct UsageEvent {
     /// The ticket the request created or worked on, when the upstream says.
     #[serde(default)]
     pub ticket_id: Option<String>,
+    /// How the units are paid for, as the entitlement that admitted them said. A unit
+    /// admitted on credits burns credits when it reaches the ledger; one admitted on the
+    /// fixed fee (or Free) counts against its period, even when it arrives after the
+    /// customer switched to credits. Absent from events written before the field existed
+    /// (the ledger then goes by the period: see `ledger::burn_credits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_model: Option<BillingModel>,
 }
 
 impl UsageEvent {
@@ -67,6 +75,7 @@ impl UsageEvent {
             period_start: period.start(),
             period_end: period.end(),
             ticket_id,
+            billing_model: None,
         }
     }
 }

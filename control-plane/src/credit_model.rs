@@ -47,10 +47,12 @@ pub async fn expire_grants(
 ) -> Result<u64, sqlx::Error> {
     let before = match bought_before {
         // A subscription not stored yet began after nothing.
-        Some(subscription) => match crate::subscription_store::created_at(conn, subscription).await? {
-            Some(t) => Some(t),
-            None => return Ok(0),
-        },
+        Some(subscription) => {
+            match crate::subscription_store::created_at(conn, subscription).await? {
+                Some(t) => Some(t),
+                None => return Ok(0),
+            }
+        }
         None => None,
     };
     Ok(sqlx::query(

@@ -39,15 +39,13 @@ pub async fn stripe_customer_of<'e>(
     db: impl PgExecutor<'e>,
     customer: &str,
 ) -> Result<Option<String>, sqlx::Error> {
-    Ok(
-        sqlx::query_scalar::<_, Option<String>>(
-            "SELECT stripe_customer_id FROM customers WHERE customer_id = $1",
-        )
-        .bind(customer)
-        .fetch_optional(db)
-        .await?
-        .flatten(),
+    Ok(sqlx::query_scalar::<_, Option<String>>(
+        "SELECT stripe_customer_id FROM customers WHERE customer_id = $1",
     )
+    .bind(customer)
+    .fetch_optional(db)
+    .await?
+    .flatten())
 }
 
 /// The customer whose Stripe customer is `stripe_customer`, if linked.

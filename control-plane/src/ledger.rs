@@ -1,7 +1,7 @@
 //! The usage ledger: every consumed unit is one row, however often it is delivered;
 //! credit customers' units are deducted from their grants in the same transaction.
 
-use billing_model::{CreditGrant, CustomerId, Money, UsageEvent, deduct_fifo};
+use billing_model::{BillingModel, CreditGrant, CustomerId, Money, UsageEvent, deduct_fifo};
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::BTreeMap;
@@ -41,7 +41,10 @@ pub async fn ingest(pool: &PgPool, events: &[UsageEvent]) -> Result<IngestOutcom
     let mut ends = Vec::with_capacity(n);
     let mut occurred = Vec::with_capacity(n);
     let mut tickets: Vec<Option<String>> = Vec::with_capacity(n);
+    // How each event's units are paid for, as the proxy that admitted them said.
+    let mut models: BTreeMap<uuid::Uuid, Option<BillingModel>> = BTreeMap::new();
     for e in events {
+        models.insert(e.event_id, e.billing_model);
         ids.push(e.event_id);
         customers.push(e.customer_id.as_str().to_owned());
         types.push(
@@ -57,29 +60,33 @@ pub async fn ingest(pool: &PgPool, events: &[UsageEvent]) -> Result<IngestOutcom
         tickets.push(e.ticket_id.clone());
     }
     let mut tx = pool.begin().await?;
-    let stored = sqlx::query!(
-        r#"INSERT INTO usage_records
-               (event_id, customer_id, usage_type, quantity,
-                billing_period_start, billing_period_end, occurred_at, ticket_id)
-           SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[],
-                                $5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $8::text[])
-           ON CONFLICT (event_id) DO NOTHING
-           RETURNING customer_id, quantity"#,
-        &ids,
-        &customers,
-        &types,
-        &quantities,
-        &starts,
-        &ends,
-        &occurred,
-        &tickets as &[Option<String>],
+    let stored: Vec<(uuid::Uuid, String, i32, OffsetDateTime)> = sqlx::query_as(
+        "INSERT INTO usage_records
+             (event_id, customer_id, usage_type, quantity,
+              billing_period_start, billing_period_end, occurred_at, ticket_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[],
+                              $5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $8::text[])
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id, customer_id, quantity, billing_period_start",
     )
+    .bind(&ids)
+    .bind(&customers)
+    .bind(&types)
+    .bind(&quantities)
+    .bind(&starts)
+    .bind(&ends)
+    .bind(&occurred)
+    .bind(&tickets)
     .fetch_all(&mut *tx)
     .await?;
     let inserted = stored.len() as u64;
-    let mut units: BTreeMap<String, u64> = BTreeMap::new();
-    for row in stored {
-        *units.entry(row.customer_id).or_default() += u64::try_from(row.quantity).unwrap_or(0);
+    let mut units: BTreeMap<String, Vec<StoredUnits>> = BTreeMap::new();
+    for (event, customer, quantity, period_start) in stored {
+        units.entry(customer).or_default().push(StoredUnits {
+            period_start,
+            model: models.get(&event).copied().flatten(),
+            units: u64::try_from(quantity).unwrap_or(0),
+        });
     }
     let (credit_customers, credit_burned_cents) = burn_credits(&mut tx, &units).await?;
     tx.commit().await?;
@@ -91,14 +98,37 @@ pub async fn ingest(pool: &PgPool, events: &[UsageEvent]) -> Result<IngestOutcom
     })
 }
 
+/// Units of one stored event.
+struct StoredUnits {
+    period_start: OffsetDateTime,
+    model: Option<BillingModel>,
+    units: u64,
+}
+
+impl StoredUnits {
+    /// Whether these units are paid with credits: admitted on credits. A unit admitted on
+    /// the fixed fee (or Free) that reaches the ledger after the switch to credits (a
+    /// usage log shipped late) belongs to its period — its overage is trued up on an
+    /// invoice — and is not paid for twice. An event that does not say (written before
+    /// the field existed) is the credit model's when its period began after the customer
+    /// entered it.
+    fn burns_credits(&self, entered: Option<OffsetDateTime>) -> bool {
+        match self.model {
+            Some(model) => model == BillingModel::CreditBurndown,
+            None => entered.is_none_or(|e| self.period_start >= e),
+        }
+    }
+}
+
 /// Deducts newly stored units of credit-burndown customers from their grants: each
-/// unit takes its grant's per-ticket price from the grant that expires first. The
+/// unit takes its grant's per-ticket price from the grant that expires first; only
+/// units admitted on credits ([`StoredUnits::burns_credits`]). The
 /// proxy never admits more units than were bought, so the balance suffices; if it does
 /// not (a grant expired meanwhile), what is left is used and the shortfall logged —
 /// a grant never goes below zero (the schema's CHECK guarantees it too).
 async fn burn_credits(
     tx: &mut Transaction<'_, Postgres>,
-    units: &BTreeMap<String, u64>,
+    units: &BTreeMap<String, Vec<StoredUnits>>,
 ) -> Result<(Vec<CustomerId>, i64), sqlx::Error> {
     if units.is_empty() {
         return Ok((Vec::new(), 0));
@@ -109,8 +139,17 @@ async fn burn_credits(
         crate::subscription_store::on_credits_among(&mut *tx, &customers).await?;
     let now = OffsetDateTime::now_utc();
     let mut changed = Vec::new();
-    for customer in credit_customers {
-        let wanted = units.get(&customer).copied().unwrap_or(0);
+    for (customer, entered) in credit_customers {
+        let wanted: u64 = units
+            .get(&customer)
+            .into_iter()
+            .flatten()
+            .filter(|u| u.burns_credits(entered))
+            .map(|u| u.units)
+            .sum();
+        if wanted == 0 {
+            continue;
+        }
         let rows = sqlx::query!(
             r#"SELECT id, remaining_amount AS "remaining!", unit_price, expires_at, created_at
                FROM billing_credits

@@ -205,6 +205,8 @@ impl NewestFixed {
     }
 }
 
+/// The customer's current Stripe subscription: the newest live one, else the newest (a
+/// duplicate ended at once is newer than the one that stays, but never the customer's).
 pub async fn newest_fixed(
     conn: &mut PgConnection,
     customer: &str,
@@ -212,9 +214,10 @@ pub async fn newest_fixed(
     sqlx::query_as(
         "SELECT stripe_subscription_id, status, cancel_at_period_end FROM subscriptions
          WHERE customer_id = $1 AND stripe_subscription_id IS NOT NULL
-         ORDER BY created_at DESC LIMIT 1",
+         ORDER BY status = ANY($2) DESC, created_at DESC LIMIT 1",
     )
     .bind(customer)
+    .bind(live_statuses())
     .fetch_optional(conn)
     .await
 }
@@ -413,13 +416,14 @@ pub async fn created_at(
         .await
 }
 
-/// Customers among `customers` whose plan row is on credits.
+/// Customers among `customers` whose plan row is on credits, with the instant they
+/// entered the credit model (the start of the row's first period).
 pub async fn on_credits_among(
     conn: &mut PgConnection,
     customers: &[String],
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT DISTINCT ON (customer_id) customer_id
+) -> Result<Vec<(String, Option<OffsetDateTime>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT ON (customer_id) customer_id, current_period_start
          FROM subscriptions
          WHERE customer_id = ANY($1) AND billing_model = 'credit_burndown'
            AND status NOT IN ('incomplete', 'incomplete_expired', 'canceled')
@@ -492,7 +496,9 @@ pub async fn graces_ended(
 }
 
 /// Rows not cancelled, counted by plan, model and status (business metrics).
-pub async fn count_by_plan(pool: &PgPool) -> Result<Vec<(String, String, String, i64)>, sqlx::Error> {
+pub async fn count_by_plan(
+    pool: &PgPool,
+) -> Result<Vec<(String, String, String, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT plan_type, billing_model, status, COUNT(*)
          FROM subscriptions WHERE status <> 'canceled'

@@ -371,6 +371,7 @@ impl TollgateProxy {
             period_start: admission.entitlement.snapshot.period_start,
             period_end: admission.entitlement.snapshot.period_end,
             ticket_id: None,
+            billing_model: Some(admission.entitlement.snapshot.billing_model),
         };
         let ticket = match self.usage_log.append(&event) {
             Ok(ticket) => ticket,

@@ -201,6 +201,7 @@ async fn record(
         period_start: snapshot.period_start,
         period_end: snapshot.period_end,
         ticket_id: request.ticket_id,
+        billing_model: Some(snapshot.billing_model),
     };
     let uncommit = || async {
         if let Err(e) = state

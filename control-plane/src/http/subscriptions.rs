@@ -9,9 +9,7 @@ use crate::stripe::{ProrationPreview, StripeGateway, SubscriptionItem, lookup_ke
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use billing_model::{
-    BillingModel, BillingPeriod, CustomerId, Money, Plan, PlanId, prorate_change,
-};
+use billing_model::{BillingModel, BillingPeriod, CustomerId, Money, Plan, PlanId, prorate_change};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;

@@ -100,7 +100,13 @@ pub(super) async fn record_payment(
         .unwrap_or_else(|_| OffsetDateTime::now_utc());
     let paid_until = OffsetDateTime::from_unix_timestamp(invoice.period_end).unwrap_or(failed_at);
     let grace_end = (failed_at + grace).max(paid_until);
-    crate::subscription_store::record_failed_payment(tx, subscription_id, attempts, next, grace_end)
-        .await?;
+    crate::subscription_store::record_failed_payment(
+        tx,
+        subscription_id,
+        attempts,
+        next,
+        grace_end,
+    )
+    .await?;
     Ok(())
 }

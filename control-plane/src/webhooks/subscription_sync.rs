@@ -305,4 +305,3 @@ async fn record_transition(
     }
     Ok(())
 }
-

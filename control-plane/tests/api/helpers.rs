@@ -419,13 +419,31 @@ impl TestApp {
         start: &serde_json::Value,
         end: &serde_json::Value,
     ) {
+        self.ingest_usage_admitted_on(customer, units, start, end, None)
+            .await
+    }
+
+    /// [`Self::ingest_usage`], the events saying which billing model admitted them (as a
+    /// proxy's do), e.g. `Some("fixed_fee")`.
+    pub async fn ingest_usage_admitted_on(
+        &self,
+        customer: &str,
+        units: usize,
+        start: &serde_json::Value,
+        end: &serde_json::Value,
+        billing_model: Option<&str>,
+    ) {
         let events: Vec<serde_json::Value> = (0..units)
             .map(|_| {
-                serde_json::json!({
+                let mut e = serde_json::json!({
                     "event_id": uuid::Uuid::now_v7(), "customer_id": customer,
                     "usage_type": "ticket_creation", "quantity": 1,
                     "occurred_at": start, "period_start": start, "period_end": end,
-                })
+                });
+                if let Some(model) = billing_model {
+                    e["billing_model"] = serde_json::json!(model);
+                }
+                e
             })
             .collect();
         let r = self

@@ -248,6 +248,124 @@ async fn a_period_that_ended_within_its_allowance_is_trued_up_when_late_usage_pa
     assert_eq!((report.units_billed, report.cents_billed), (2, 398));
 }
 
+/// Found by the model-based journeys: tickets of a fixed-fee period that reach the ledger
+/// after the customer switched to credits belong to that period. They are trued up as
+/// its overage, once, and burn none of the credits (before, they did both: the ledger
+/// burned credits for every unit of a customer now on credits, whatever its period).
+#[tokio::test]
+async fn late_tickets_of_a_fixed_fee_period_after_a_switch_to_credits_burn_no_credits() {
+    use tollgate_control_plane::jobs::overage_trueup::run_once;
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let (_, start, end) = premium_with_usage_in(&app, "switched-late", 100).await;
+    let r = app
+        .call_as(
+            "switched-late",
+            Method::PATCH,
+            "/api/v1/billing/subscriptions",
+            Some(json!({"billing_model": "credit_burndown"})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let before =
+        app.get_as("switched-late", "/api/v1/billing/usage").await["credit_balance"].clone();
+    assert_ne!(before, "0.00", "the unused fee became credits");
+    // Four tickets of the fixed-fee period, shipped late: first as an older proxy writes
+    // them (no billing model: the ledger goes by the period), then as a proxy says it.
+    app.ingest_usage("switched-late", 2, &rfc(start), &rfc(end))
+        .await;
+    app.ingest_usage_admitted_on(
+        "switched-late",
+        2,
+        &rfc(start),
+        &rfc(end),
+        Some("fixed_fee"),
+    )
+    .await;
+    assert_eq!(
+        app.get_as("switched-late", "/api/v1/billing/usage").await["credit_balance"],
+        before,
+        "no credits burned for them"
+    );
+    let report = run_once(&app.state).await.unwrap();
+    assert_eq!(
+        (
+            report.parts_billed,
+            report.units_billed,
+            report.cents_billed
+        ),
+        (1, 4, 796),
+        "trued up as the period's overage"
+    );
+}
+
+/// The true-up bills the customer's live subscription's next invoice, not a duplicate
+/// that was ended at once (newer, but never the customer's).
+#[tokio::test]
+async fn late_usage_goes_to_the_live_subscription_not_a_newer_duplicate() {
+    use tollgate_control_plane::jobs::overage_trueup::run_once;
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let clock = app.customer_on_clock("dup-late", now()).await;
+    // Two Checkouts opened side by side (two tabs), both paid: the second is ended at
+    // once and refunded, and is the newer row.
+    let open = |plan: &'static str| {
+        json!({"plan": plan, "billing_model": "fixed_fee",
+            "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"})
+    };
+    let first = app.checkout("dup-late", &open("premium")).await;
+    let second = app.checkout("dup-late", &open("enterprise")).await;
+    app.pay(&first).await;
+    app.eventually(
+        "the first subscription",
+        "SELECT bool_or(status = 'active') FROM subscriptions WHERE customer_id = 'dup-late'",
+    )
+    .await;
+    let live: String = sqlx::query_scalar(
+        "SELECT stripe_subscription_id FROM subscriptions WHERE customer_id = 'dup-late'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let (start, end) = stored_period(&app, "dup-late").await;
+    app.ingest_usage("dup-late", 100, &rfc(start), &rfc(end))
+        .await;
+    app.pay(&second).await;
+    app.eventually(
+        "the duplicate ended",
+        "SELECT count(*) = 1 FROM subscriptions
+         WHERE customer_id = 'dup-late' AND status = 'canceled'",
+    )
+    .await;
+    app.advance(&clock, end.unix_timestamp() + 2 * 3_600).await;
+    app.eventually(
+        "the renewed period",
+        &format!(
+            "SELECT bool_or(current_period_start = to_timestamp({})) FROM subscriptions
+             WHERE stripe_subscription_id = '{live}'",
+            end.unix_timestamp()
+        ),
+    )
+    .await;
+    app.eventually(
+        "the ended period's part",
+        "SELECT count(*) = 1 AND bool_and(state = 'billed') FROM overage_charges
+         WHERE customer_id = 'dup-late'",
+    )
+    .await;
+    app.ingest_usage("dup-late", 3, &rfc(start), &rfc(end))
+        .await;
+    assert_eq!(run_once(&app.state).await.unwrap().parts_billed, 1);
+    let billed_on: String = sqlx::query_scalar(
+        "SELECT stripe_invoice_id FROM overage_charges
+         WHERE customer_id = 'dup-late' AND kind = 'trueup'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(billed_on, format!("next:{live}"));
+}
+
 #[tokio::test]
 async fn late_usage_of_a_subscription_that_ended_is_invoiced_on_its_own() {
     use tollgate_control_plane::jobs::overage_trueup::run_once;

@@ -523,19 +523,18 @@ impl<'a> Journey<'a> {
             Tier::Premium => Tier::Enterprise,
             Tier::Enterprise => Tier::Premium,
         };
-        let open = |t: Tier| {
-            self.app.checkout(
-                &self.customer,
-                &json!({"plan": t.id(), "billing_model": "fixed_fee",
-                    "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"}),
-            )
-        };
         if self.has_card {
             // Not in the second an earlier subscription started (see `subscribe`).
             let to = self.now + self.rng.random_range(1..=HOUR);
             self.advance(to).await;
         }
-        let (a, b) = (open(first).await, open(second).await);
+        let mut sessions = Vec::new();
+        for t in [first, second] {
+            let body = json!({"plan": t.id(), "billing_model": "fixed_fee",
+                "success_url": "https://a.example/ok", "cancel_url": "https://a.example/no"});
+            sessions.push(self.app.checkout(&self.customer, &body).await);
+        }
+        let (a, b) = (sessions[0].clone(), sessions[1].clone());
         assert_ne!(a, b, "two intents, two sessions");
         self.subscribe_through(&a, first).await;
         self.app.pay(&b).await;
@@ -597,8 +596,15 @@ impl<'a> Journey<'a> {
             .fetch_one(&self.app.pool)
             .await
             .unwrap();
+        // As the proxy that admitted them on the fixed fee writes them.
         self.app
-            .ingest_usage(&self.customer, n as usize, &rfc(e.start), &rfc(e.end))
+            .ingest_usage_admitted_on(
+                &self.customer,
+                n as usize,
+                &rfc(e.start),
+                &rfc(e.end),
+                Some("fixed_fee"),
+            )
             .await;
         let extra = self.model.late(n);
         for _ in 0..2 {

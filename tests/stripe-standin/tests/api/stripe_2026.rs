@@ -236,7 +236,10 @@ async fn a_cancel_now_preview_credits_the_unused_time_of_what_was_debited() {
                 ("subscription", id),
                 ("subscription_details[cancel_now]", "true"),
                 ("subscription_details[proration_date]", half.as_str()),
-                ("subscription_details[proration_behavior]", "create_prorations"),
+                (
+                    "subscription_details[proration_behavior]",
+                    "create_prorations",
+                ),
             ],
         )
         .await;
