@@ -24,7 +24,9 @@ if [ "${1:-}" = "--journeys" ]; then
   mkdir -p bench/results
   log=bench/results/journeys.log
   started=$(date +%s)
-  JOURNEYS="$count" cargo test -p tollgate-control-plane --test api --locked \
+  # --workspace, not -p: a one-package build unifies features differently and rebuilds
+  # the Stripe crates (about 11 minutes here) instead of reusing the test build.
+  JOURNEYS="$count" cargo test --workspace --test api --locked \
     journeys::random_journeys -- --nocapture 2>&1 | tee "$log"
   status=${PIPESTATUS[0]}
   {
