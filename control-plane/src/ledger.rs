@@ -106,17 +106,15 @@ struct StoredUnits {
 }
 
 impl StoredUnits {
-    /// Whether these units are paid with credits: admitted on credits. A unit admitted on
-    /// the fixed fee (or Free) that reaches the ledger after the switch to credits (a
-    /// usage log shipped late) belongs to its period — its overage is trued up on an
-    /// invoice — and is not paid for twice. An event that does not say (written before
-    /// the field existed) is the credit model's when its period began after the customer
-    /// entered it.
+    /// Whether these units are paid with the customer's current credits: admitted on
+    /// credits (an event written before the field existed does not say), in a period of
+    /// the current stay on credits. A unit admitted on the fixed fee (or Free) that
+    /// reaches the ledger after the switch to credits (a usage log shipped late) belongs
+    /// to its period — its overage is trued up on an invoice — and is not paid for twice;
+    /// a unit of an earlier stay on credits was paid by that stay's grants, which expired
+    /// with the switch away from them.
     fn burns_credits(&self, entered: Option<OffsetDateTime>) -> bool {
-        match self.model {
-            Some(model) => model == BillingModel::CreditBurndown,
-            None => entered.is_none_or(|e| self.period_start >= e),
-        }
+        self.model != Some(BillingModel::FixedFee) && entered.is_none_or(|e| self.period_start >= e)
     }
 }
 
@@ -341,4 +339,38 @@ pub struct HistoryBucket {
     pub end: OffsetDateTime,
     pub usage_type: String,
     pub quantity: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn units(model: Option<BillingModel>, period_start: OffsetDateTime) -> StoredUnits {
+        StoredUnits {
+            period_start,
+            model,
+            units: 1,
+        }
+    }
+
+    #[test]
+    fn only_units_admitted_on_credits_in_the_current_stay_burn_credits() {
+        let entered = Some(datetime!(2026-06-10 12:00 UTC));
+        let before = datetime!(2026-06-01 0:00 UTC);
+        let after = datetime!(2026-06-10 12:00 UTC);
+        let credits = Some(BillingModel::CreditBurndown);
+        let fixed = Some(BillingModel::FixedFee);
+        // Admitted on credits in this stay: burns.
+        assert!(units(credits, after).burns_credits(entered));
+        // A fixed-fee period's ticket shipped late: its period's overage, not credits.
+        assert!(!units(fixed, before).burns_credits(entered));
+        assert!(!units(fixed, after).burns_credits(entered));
+        // Admitted on credits in an earlier stay: those grants paid for it and expired.
+        assert!(!units(credits, before).burns_credits(entered));
+        // Written before events named their model: by the period alone.
+        assert!(units(None, after).burns_credits(entered));
+        assert!(!units(None, before).burns_credits(entered));
+        assert!(units(None, before).burns_credits(None));
+    }
 }

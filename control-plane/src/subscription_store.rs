@@ -374,7 +374,9 @@ pub async fn end_credit_row_before(
 
 /// The customer's credit-model row, on `plan`, active: a new row, or the one row the
 /// customer has. `restart` begins it anew (created now, a new period) as a billing-model
-/// switch does; otherwise its period and creation are kept.
+/// switch does, and so does coming back to a row that was cancelled (a new stay on
+/// credits: its start is when credits began to pay, see `ledger::burn_credits`);
+/// otherwise its period and creation are kept.
 pub async fn upsert_credit_row(
     conn: &mut PgConnection,
     customer: &str,
@@ -388,10 +390,13 @@ pub async fn upsert_credit_row(
          VALUES ($1, $2, 'credit_burndown', 'active', $3, $4)
          ON CONFLICT (customer_id) WHERE stripe_subscription_id IS NULL DO UPDATE
          SET plan_type = EXCLUDED.plan_type, status = 'active', updated_at = now(),
-             created_at = CASE WHEN $5 THEN now() ELSE subscriptions.created_at END,
-             current_period_start = CASE WHEN $5 THEN EXCLUDED.current_period_start
+             created_at = CASE WHEN $5 OR subscriptions.status = 'canceled' THEN now()
+                               ELSE subscriptions.created_at END,
+             current_period_start = CASE WHEN $5 OR subscriptions.status = 'canceled'
+                                         THEN EXCLUDED.current_period_start
                                          ELSE subscriptions.current_period_start END,
-             current_period_end = CASE WHEN $5 THEN EXCLUDED.current_period_end
+             current_period_end = CASE WHEN $5 OR subscriptions.status = 'canceled'
+                                       THEN EXCLUDED.current_period_end
                                        ELSE subscriptions.current_period_end END",
     )
     .bind(customer)

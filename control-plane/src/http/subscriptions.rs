@@ -416,16 +416,13 @@ async fn end_for_credits(
 ) -> Result<crate::switches::Completed, ApiError> {
     let gateway = gateway(state)?;
     let sub = current.stripe_subscription_id.as_str();
-    let item = gateway.subscription_item(sub).await?;
     // Paid for means the latest invoice is paid: not past due, and not the hour after a
     // renewal whose draft is not collected yet (cancelling stops its collection).
     let paid_for = gateway.latest_invoice_paid(sub).await?;
     let unused = if paid_for {
         // What Stripe would credit for the rest of the period: what was debited for it
         // (during a pending downgrade the higher fee, a negotiated price as it is).
-        let cents = gateway
-            .unused_time_credit(sub, item.change_instant())
-            .await?;
+        let cents = gateway.unused_time_credit(sub).await?;
         Some(Money::from_cents(cents))
     } else {
         None

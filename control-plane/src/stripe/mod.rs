@@ -297,12 +297,19 @@ impl StripeGateway {
             CheckoutSessionMode::Subscription => {
                 use stripe_checkout::checkout_session::{
                     CreateCheckoutSessionSubscriptionDataBillingMode as Mode,
+                    CreateCheckoutSessionSubscriptionDataBillingModeFlexible as Flexible,
+                    CreateCheckoutSessionSubscriptionDataBillingModeFlexibleProrationDiscounts as Discounts,
                     CreateCheckoutSessionSubscriptionDataBillingModeType as ModeType,
                 };
                 request.subscription_data(CreateCheckoutSessionSubscriptionData {
                     metadata: Some(metadata),
                     // Named, not left to the account's API version: see `create_subscription`.
-                    billing_mode: Some(Mode::new(ModeType::Flexible)),
+                    billing_mode: Some(Mode {
+                        flexible: Some(Flexible {
+                            proration_discounts: Some(Discounts::Included),
+                        }),
+                        type_: ModeType::Flexible,
+                    }),
                     ..CreateCheckoutSessionSubscriptionData::new()
                 })
             }
@@ -440,16 +447,17 @@ impl StripeGateway {
         })
     }
 
-    /// What Stripe credits for the unused time of `subscription` if it ended at
-    /// `proration_date`, in cents (positive): the proration lines of a cancel-now preview.
-    /// In flexible billing mode Stripe computes them from what was debited for the period
-    /// (a negotiated price, a discount or an earlier mid-period change included), so this
-    /// is what the customer paid for and has not used, not the list fee's share.
-    pub async fn unused_time_credit(
-        &self,
-        subscription: &str,
-        proration_date: i64,
-    ) -> Result<i64, GatewayError> {
+    /// What Stripe credits for the unused time of `subscription` if it ended now (its
+    /// test clock's now on a clock), in cents (positive): the proration lines of a
+    /// cancel-now preview. In flexible billing mode Stripe computes them from what was
+    /// debited for the period (a negotiated price or an earlier mid-period change
+    /// included; a discount too, as tollgate's subscriptions include discounts in
+    /// proration amounts), so this is what the customer paid for and has not used, not
+    /// the list fee's share. No `proration_date`: Stripe accepts one only with item or
+    /// trial changes. Pending proration items already on the subscription would be
+    /// counted too; tollgate leaves none (upgrades invoice at once, downgrades do not
+    /// prorate).
+    pub async fn unused_time_credit(&self, subscription: &str) -> Result<i64, GatewayError> {
         use stripe_billing::invoice::{
             CreatePreviewInvoice, CreatePreviewInvoiceSubscriptionDetails,
             CreatePreviewInvoiceSubscriptionDetailsProrationBehavior,
@@ -458,7 +466,6 @@ impl StripeGateway {
             .subscription(subscription)
             .subscription_details(CreatePreviewInvoiceSubscriptionDetails {
                 cancel_now: Some(true),
-                proration_date: Some(proration_date),
                 proration_behavior: Some(
                     CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::CreateProrations,
                 ),
@@ -688,8 +695,11 @@ impl StripeGateway {
         idempotency_key: &str,
     ) -> Result<String, GatewayError> {
         use stripe_billing::subscription::{
-            CreateSubscription, CreateSubscriptionBillingMode, CreateSubscriptionBillingModeType,
-            CreateSubscriptionItems, CreateSubscriptionPaymentBehavior,
+            CreateSubscription, CreateSubscriptionBillingMode,
+            CreateSubscriptionBillingModeFlexible,
+            CreateSubscriptionBillingModeFlexibleProrationDiscounts,
+            CreateSubscriptionBillingModeType, CreateSubscriptionItems,
+            CreateSubscriptionPaymentBehavior,
         };
         let mut request = CreateSubscription::new();
         if let Some(pm) = payment_method {
@@ -697,9 +707,16 @@ impl StripeGateway {
         }
         let sub = request
             .customer(stripe_customer)
-            .billing_mode(CreateSubscriptionBillingMode::new(
-                CreateSubscriptionBillingModeType::Flexible,
-            ))
+            // Flexible with discounts included in proration amounts: a proration line's
+            // `amount` is then what is debited or credited (see `unused_time_credit`).
+            .billing_mode(CreateSubscriptionBillingMode {
+                flexible: Some(CreateSubscriptionBillingModeFlexible {
+                    proration_discounts: Some(
+                        CreateSubscriptionBillingModeFlexibleProrationDiscounts::Included,
+                    ),
+                }),
+                type_: CreateSubscriptionBillingModeType::Flexible,
+            })
             .items(vec![CreateSubscriptionItems {
                 price: Some(price.id.clone()),
                 quantity: Some(1),

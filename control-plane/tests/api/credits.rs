@@ -218,3 +218,57 @@ async fn a_delayed_payment_grants_when_it_succeeds_and_not_before() {
     )
     .await;
 }
+
+/// A pack bought on a credit-model row that was cancelled (credits → fixed fee → ended →
+/// Free → a pack) begins a new stay on credits: the row starts now, so units of the
+/// periods in between never count as paid by the new grants.
+#[tokio::test]
+async fn coming_back_to_credits_restarts_the_credit_row() {
+    use tollgate_control_plane::credit_model::{Entry, enter};
+    let app = spawn_app_with_stripe_webhooks().await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    enter(&mut conn, "again", "premium", Entry::Restart)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE subscriptions SET status = 'canceled',
+             created_at = now() - interval '40 days',
+             current_period_start = now() - interval '40 days',
+             current_period_end = now() - interval '10 days'
+         WHERE customer_id = 'again'",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    enter(&mut conn, "again", "premium", Entry::Keep)
+        .await
+        .unwrap();
+    let (status, started_recently): (String, bool) = sqlx::query_as(
+        "SELECT status, current_period_start > now() - interval '1 minute'
+         FROM subscriptions WHERE customer_id = 'again'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(status, "active");
+    assert!(started_recently, "a new stay on credits starts now");
+    // While the stay lasts, a pack keeps its period.
+    sqlx::query(
+        "UPDATE subscriptions SET current_period_start = now() - interval '5 days'
+         WHERE customer_id = 'again'",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    enter(&mut conn, "again", "premium", Entry::Keep)
+        .await
+        .unwrap();
+    let kept: bool = sqlx::query_scalar(
+        "SELECT current_period_start < now() - interval '4 days'
+         FROM subscriptions WHERE customer_id = 'again'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert!(kept);
+}

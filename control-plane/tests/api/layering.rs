@@ -131,7 +131,12 @@ fn statements_outside(table: &str, owner: &str, verbs: &[&str]) -> Vec<String> {
         // The customer's data export reads every table as it is stored.
         .filter(|(path, _)| path != owner && path != "http/export.rs")
         .filter(|(_, text)| {
-            let text = text.to_ascii_uppercase();
+            // One space between words, so a statement split over lines is found too.
+            let text = text
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_ascii_uppercase();
             verbs.iter().any(|verb| {
                 text.match_indices(&format!("{verb} {}", table.to_ascii_uppercase()))
                     .any(|(i, m)| {

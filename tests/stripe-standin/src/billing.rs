@@ -234,6 +234,15 @@ pub fn create_draft(
 
 /// Moves the customer's pending invoice items (of this subscription, or of none) onto a draft.
 pub fn sweep_pending_items(store: &mut Store, invoice_id: &str) {
+    sweep_pending_items_where(store, invoice_id, |_| true);
+}
+
+/// [`sweep_pending_items`], only the items `take` chooses.
+pub fn sweep_pending_items_where(
+    store: &mut Store,
+    invoice_id: &str,
+    take: impl Fn(&InvoiceItem) -> bool,
+) {
     let Some(inv) = store.invoices.get(invoice_id) else {
         return;
     };
@@ -246,6 +255,7 @@ pub fn sweep_pending_items(store: &mut Store, invoice_id: &str) {
                 && ii.invoice.is_none()
                 && ii.customer == customer
                 && (ii.subscription.is_none() || ii.subscription == subscription)
+                && take(ii)
         })
         .collect();
     pending.sort_by_key(|ii| ii.seq);

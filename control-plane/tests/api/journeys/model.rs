@@ -143,7 +143,8 @@ pub struct Model {
     pub ended: Option<Ended>,
     /// Late overage waiting for the live subscription's next invoice, in cents (the
     /// README's billing rule: trued up on the next invoice while the subscription lives,
-    /// which is the renewal, an upgrade's invoice or the final one, whichever comes first).
+    /// which is the renewal, an upgrade's invoice or the final one of any ending,
+    /// whichever comes first).
     pub pending: i64,
     /// Every invoice that charges something, in cents, in the order they are issued.
     pub invoices: Vec<i64>,
@@ -283,16 +284,15 @@ impl Model {
         extra
     }
 
-    /// Fixed fee → credits of `to` at `at`: the period's overage is billed, and the
+    /// Fixed fee → credits of `to` at `at`: the period's overage (with late overage
+    /// waiting for the next invoice) is billed on the final invoice, and the
     /// unused, paid-for time of the fee becomes a credit grant worth exactly that.
     /// Returns the grant's amount.
     pub fn switch_to_credits(&mut self, to: Tier, at: i64) -> i64 {
         let f = self.fixed().clone();
-        // What waits for the next invoice is invoiced with the cancellation, before the
-        // period's own overage.
+        // The period's overage, and what waits for the next invoice, on the final one.
         let pending = std::mem::take(&mut self.pending);
-        self.invoice(pending);
-        self.invoice(overage(f.paid, f.used));
+        self.invoice(overage(f.paid, f.used) + pending);
         self.ended_now(&f);
         let unused = share(f.paid.fee(), f.end - at, f.end - f.start);
         let grants = if unused > 0 {

@@ -330,6 +330,14 @@ async fn create_preview(State(app): State<App>, req: StripeRequest) -> ApiResult
         "subscription_details[proration_behavior]",
     )?;
     let proration_date = details.i64("proration_date")?;
+    // Stripe: "If set, `subscription`, and one of `subscription_details.items`, or
+    // `subscription_details.trial_end` are required" (trials are not modelled).
+    if proration_date.is_some() && changes.is_empty() {
+        return Err(ApiError::invalid(
+            "subscription_details[proration_date]",
+            "proration_date can only be used with subscription and subscription_details[items] or subscription_details[trial_end].",
+        ));
+    }
     let cancel_at_period_end = details.bool("cancel_at_period_end")?.unwrap_or(false);
     let cancel_now = details.bool("cancel_now")?.unwrap_or(false);
     if cancel_now && (!changes.is_empty() || cancel_at_period_end) {

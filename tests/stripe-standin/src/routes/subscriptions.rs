@@ -427,11 +427,15 @@ async fn cancel(
         }
         billing::cancel_now(store, &id, now, "cancellation_requested");
         if invoice_now {
-            let has_pending = store.invoice_items.values().any(|ii| {
-                !ii.deleted
-                    && ii.invoice.is_none()
-                    && ii.subscription.as_deref() == Some(id.as_str())
-            });
+            // Stripe's final invoice takes the pending prorations (and metered usage, not
+            // modelled); other pending items stay pending for the customer's next invoice.
+            let proration_of_this = |ii: &crate::state::InvoiceItem| {
+                ii.proration && ii.subscription.as_deref() == Some(id.as_str())
+            };
+            let has_pending = store
+                .invoice_items
+                .values()
+                .any(|ii| !ii.deleted && ii.invoice.is_none() && proration_of_this(ii));
             if has_pending {
                 let invoice = billing::create_draft(
                     store,
@@ -443,8 +447,9 @@ async fn cancel(
                     (now, now),
                     now,
                     None,
-                    true,
+                    false,
                 );
+                billing::sweep_pending_items_where(store, &invoice, proration_of_this);
                 if let Some(s) = store.subscriptions.get_mut(&id) {
                     s.latest_invoice = Some(invoice.clone());
                 }

@@ -203,7 +203,7 @@ async fn flexible_mode_credits_what_was_debited_classic_the_current_price() {
 async fn a_cancel_now_preview_credits_the_unused_time_of_what_was_debited() {
     let app = spawn_app().await;
     let plans = create_plans(&app).await;
-    let (_clock, customer) = customer_on_clock(&app, JAN_31, "cancel-preview@example.com").await;
+    let (clock, customer) = customer_on_clock(&app, JAN_31, "cancel-preview@example.com").await;
     let (status, sub) = app
         .post(
             "/v1/subscriptions",
@@ -228,14 +228,30 @@ async fn a_cancel_now_preview_credits_the_unused_time_of_what_was_debited() {
         )
         .await;
     assert_eq!(status, 200);
+    // Jan 31 → Feb 28 is 28 days: day 14 is half-way. The preview prorates at the
+    // clock's now (Stripe takes `proration_date` only with item or trial changes).
+    AdvanceTestHelpersTestClock::new(clock.as_str(), JAN_31 + 14 * DAY)
+        .send(&app.client)
+        .await
+        .unwrap();
     let half = (JAN_31 + 14 * DAY).to_string();
-    let (status, preview) = app
+    let (status, refused) = app
         .post(
             "/v1/invoices/create_preview",
             &[
                 ("subscription", id),
                 ("subscription_details[cancel_now]", "true"),
                 ("subscription_details[proration_date]", half.as_str()),
+            ],
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    let (status, preview) = app
+        .post(
+            "/v1/invoices/create_preview",
+            &[
+                ("subscription", id),
+                ("subscription_details[cancel_now]", "true"),
                 (
                     "subscription_details[proration_behavior]",
                     "create_prorations",
@@ -264,4 +280,72 @@ async fn a_cancel_now_preview_credits_the_unused_time_of_what_was_debited() {
         )
         .await;
     assert_eq!(status, 400, "{err}");
+}
+
+/// Cancelling with `invoice_now` invoices the subscription's pending prorations; another
+/// pending item (a usage charge waiting for the next invoice) stays pending, as Stripe
+/// documents, for whoever invoices the customer next.
+#[tokio::test]
+async fn invoice_now_on_cancel_takes_the_prorations_and_leaves_other_pending_items() {
+    let app = spawn_app().await;
+    let plans = create_plans(&app).await;
+    let (_clock, customer) = customer_on_clock(&app, JAN_31, "invoice-now@example.com").await;
+    let (status, sub) = app
+        .post(
+            "/v1/subscriptions",
+            &[
+                ("customer", customer.as_str()),
+                ("items[0][price]", plans.pro.id.as_str()),
+                ("default_payment_method", "pm_card_visa"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{sub}");
+    let id = sub["id"].as_str().unwrap();
+    let (status, item) = app
+        .post(
+            "/v1/invoiceitems",
+            &[
+                ("customer", customer.as_str()),
+                ("subscription", id),
+                ("amount", "995"),
+                ("currency", "usd"),
+                ("description", "late usage"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{item}");
+    let cancelled = stripe_billing::subscription::CancelSubscription::new(id)
+        .invoice_now(true)
+        .prorate(true)
+        .send(&app.client)
+        .await
+        .unwrap();
+    let (_, item) = app
+        .get(&format!(
+            "/v1/invoiceitems/{}",
+            item["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        item["invoice"],
+        serde_json::Value::Null,
+        "still pending: {item}"
+    );
+    let latest = cancelled.latest_invoice.as_ref().expect("a final invoice");
+    let (_, last) = app
+        .get(&format!(
+            "/v1/invoices/{}",
+            crate::helpers::invoice_id(latest)
+        ))
+        .await;
+    let lines = last["lines"]["data"].as_array().unwrap();
+    assert!(
+        !lines.is_empty()
+            && lines
+                .iter()
+                .all(|l| l["parent"]["invoice_item_details"]["proration"] == true
+                    || l["parent"]["subscription_item_details"]["proration"] == true),
+        "only prorations on the final invoice: {last}"
+    );
 }
