@@ -167,12 +167,22 @@ pub async fn subscription_view(state: &AppState, customer: &CustomerId) -> Resul
                 }
                 _ => Value::Null,
             };
+            // A credit-model row's 30-day periods roll on without being stored: the one
+            // shown is the entitlement's, which its usage counts in. A Stripe
+            // subscription's is Stripe's, as stored.
+            let on_credits = r.stripe_subscription_id.is_none()
+                && r.status() != Some(crate::subscription_store::SubscriptionStatus::Canceled);
+            let (start, end) = if on_credits {
+                (Some(snapshot.period_start), Some(snapshot.period_end))
+            } else {
+                (r.current_period_start, r.current_period_end)
+            };
             json!({
                 "plan": r.plan_type,
                 "billing_model": r.billing_model,
                 "status": r.status,
-                "current_period_start": rfc(r.current_period_start),
-                "current_period_end": rfc(r.current_period_end),
+                "current_period_start": rfc(start),
+                "current_period_end": rfc(end),
                 "cancel_at_period_end": r.cancel_at_period_end,
                 "pending_plan": r.pending_plan_type,
                 "grace_until": rfc(r.grace_until),

@@ -272,3 +272,38 @@ async fn coming_back_to_credits_restarts_the_credit_row() {
     .unwrap();
     assert!(kept);
 }
+
+/// The subscription view of a credit customer shows the period its usage counts in now
+/// (the credit row's 30-day periods roll on unstored), not the row's first one.
+#[tokio::test]
+async fn a_credit_customers_view_shows_the_current_30_day_period() {
+    let app = spawn_app_with_stripe_webhooks().await;
+    let r = app
+        .call_as(
+            "rolled",
+            Method::POST,
+            "/api/v1/billing/subscriptions",
+            Some(json!({"plan": "premium", "billing_model": "credit_burndown"})),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    sqlx::query(
+        "UPDATE subscriptions SET current_period_start = now() - interval '40 days',
+             current_period_end = now() - interval '10 days'
+         WHERE customer_id = 'rolled'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let usage = app.get_as("rolled", "/api/v1/billing/usage").await;
+    let view = app.get_as("rolled", "/api/v1/billing/subscriptions").await;
+    assert_eq!(view["billing_model"], "credit_burndown", "{view}");
+    assert_eq!(view["current_period_start"], usage["period_start"], "{view} {usage}");
+    assert_eq!(view["current_period_end"], usage["period_end"], "{view} {usage}");
+    let start = time::OffsetDateTime::parse(
+        view["current_period_start"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(start > time::OffsetDateTime::now_utc() - time::Duration::days(30));
+}
