@@ -22,6 +22,11 @@ pub struct IngestOutcome {
     pub credit_burned_cents: i64,
 }
 
+/// The longest an ingest statement, or a pause between its statements, may take: the
+/// transaction fails beyond it (and the batch is retried) instead of holding records
+/// stamped long before they become visible (see `jobs::overage_trueup::RECORDED_MARGIN`).
+pub const INGEST_TIMEOUT: time::Duration = time::Duration::seconds(30);
+
 /// Stores a batch in one statement; events already stored are skipped by event id.
 pub async fn ingest(pool: &PgPool, events: &[UsageEvent]) -> Result<IngestOutcome, sqlx::Error> {
     if events.is_empty() {
@@ -60,6 +65,15 @@ pub async fn ingest(pool: &PgPool, events: &[UsageEvent]) -> Result<IngestOutcom
         tickets.push(e.ticket_id.clone());
     }
     let mut tx = pool.begin().await?;
+    // Bounded, so a record stamped when this transaction began is visible long before
+    // the true-up stops looking for records of its period (`RECORDED_MARGIN`).
+    sqlx::query(
+        "SELECT set_config('statement_timeout', $1, true),
+                set_config('idle_in_transaction_session_timeout', $1, true)",
+    )
+    .bind(format!("{}ms", INGEST_TIMEOUT.whole_milliseconds()))
+    .execute(&mut *tx)
+    .await?;
     let stored: Vec<(uuid::Uuid, String, i32, OffsetDateTime)> = sqlx::query_as(
         "INSERT INTO usage_records
              (event_id, customer_id, usage_type, quantity,

@@ -20,6 +20,20 @@ use time::OffsetDateTime;
 /// matter for people, not a charge a customer would expect).
 pub const LOOKBACK_DAYS: i64 = 60;
 
+/// A period is looked at on every run for this long after its last part was decided,
+/// then only when usage is recorded for it after that part. A record is stamped when its
+/// ingest transaction begins and seen when it commits, so one stamped just before a part
+/// may become visible just after it; the ledger bounds that transaction
+/// ([`crate::ledger::INGEST_TIMEOUT`]) far below this margin. Pending parts are always
+/// looked at, and once a day every period is ([`FULL_SCAN_EVERY`]).
+pub const RECORDED_MARGIN: time::Duration = time::Duration::minutes(10);
+
+/// How often a run looks at every period of the lookback, whatever was recorded: the
+/// safety net under [`RECORDED_MARGIN`].
+pub const FULL_SCAN_EVERY: time::Duration = time::Duration::hours(24);
+
+const FULL_SCAN_CURSOR: &str = "overage_trueup_full_scan";
+
 /// What one run billed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TrueUpReport {
@@ -31,6 +45,9 @@ pub struct TrueUpReport {
     pub failures: u64,
     /// Final sweeps of ended subscriptions finished for an ending that left them undone.
     pub sweeps_resumed: u64,
+    /// Whether this run looked at every period of the lookback (once a day), not only
+    /// those with a pending part or usage recorded since their last part.
+    pub full_scan: bool,
 }
 
 struct BilledPeriod {
@@ -43,20 +60,55 @@ struct BilledPeriod {
 
 /// One pass over recently ended periods (call under the job's advisory lock).
 pub async fn run_once(state: &AppState) -> anyhow::Result<TrueUpReport> {
+    run(state, None).await
+}
+
+/// [`run_once`] for one customer's periods only (the same rules; for a customer whose
+/// late usage is known to have arrived, without a pass over everyone's).
+pub async fn run_for_customer(state: &AppState, customer: &str) -> anyhow::Result<TrueUpReport> {
+    run(state, Some(customer)).await
+}
+
+async fn run(state: &AppState, only: Option<&str>) -> anyhow::Result<TrueUpReport> {
     let mut report = TrueUpReport::default();
     let Some(gateway) = state.stripe.as_ref() else {
         return Ok(report);
     };
+    // Each period costs a transaction and a lock, so a run looks only at periods that
+    // can owe something: a part still pending, or usage recorded since the last part
+    // (every billed period of the last 60 days, for every customer, on every run, grows
+    // with the customer base). A full pass once a day catches anything else.
+    let last_full: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM job_cursors WHERE job = $1")
+            .bind(FULL_SCAN_CURSOR)
+            .fetch_optional(&state.pool)
+            .await?;
+    let now = OffsetDateTime::now_utc();
+    // A pass over one customer is not the daily pass over everyone.
+    let full =
+        only.is_none() && last_full.is_none_or(|t| t <= (now - FULL_SCAN_EVERY).unix_timestamp());
     let periods: Vec<(String, OffsetDateTime, OffsetDateTime, String, i32)> = sqlx::query_as(
-        "SELECT customer_id, billing_period_start, billing_period_end,
-                (array_agg(plan_type ORDER BY part))[1], MAX(part)
-         FROM overage_charges
-         WHERE billing_period_end > now() - make_interval(days => $1)
-         GROUP BY customer_id, billing_period_start, billing_period_end",
+        "SELECT o.customer_id, o.billing_period_start, o.billing_period_end,
+                (array_agg(o.plan_type ORDER BY o.part))[1], MAX(o.part)
+         FROM overage_charges o
+         WHERE o.billing_period_end > now() - make_interval(days => $1)
+           AND ($4::text IS NULL OR o.customer_id = $4)
+         GROUP BY o.customer_id, o.billing_period_start, o.billing_period_end
+         HAVING $3
+             OR bool_or(o.state = 'pending')
+             OR MAX(o.created_at) > now() - make_interval(secs => $2)
+             OR EXISTS (SELECT 1 FROM usage_records u
+                        WHERE u.customer_id = o.customer_id
+                          AND u.billing_period_start = o.billing_period_start
+                          AND u.recorded_at > MAX(o.created_at))",
     )
     .bind(i32::try_from(LOOKBACK_DAYS).unwrap_or(60))
+    .bind(RECORDED_MARGIN.as_seconds_f64())
+    .bind(full)
+    .bind(only)
     .fetch_all(&state.pool)
     .await?;
+    report.full_scan = full;
     for (customer_id, billing_period_start, billing_period_end, plan_type, last_part) in periods {
         report.periods_checked += 1;
         let period = BilledPeriod {
@@ -83,6 +135,16 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<TrueUpReport> {
         }
     }
     resume_sweeps(state, gateway, &mut report).await?;
+    if full && report.failures == 0 {
+        sqlx::query(
+            "INSERT INTO job_cursors (job, position) VALUES ($1, $2)
+             ON CONFLICT (job) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+        )
+        .bind(FULL_SCAN_CURSOR)
+        .bind(now.unix_timestamp())
+        .execute(&state.pool)
+        .await?;
+    }
     if report.parts_billed > 0 {
         tracing::info!(
             parts = report.parts_billed,

@@ -298,8 +298,14 @@ async fn a_credit_customers_view_shows_the_current_30_day_period() {
     let usage = app.get_as("rolled", "/api/v1/billing/usage").await;
     let view = app.get_as("rolled", "/api/v1/billing/subscriptions").await;
     assert_eq!(view["billing_model"], "credit_burndown", "{view}");
-    assert_eq!(view["current_period_start"], usage["period_start"], "{view} {usage}");
-    assert_eq!(view["current_period_end"], usage["period_end"], "{view} {usage}");
+    assert_eq!(
+        view["current_period_start"], usage["period_start"],
+        "{view} {usage}"
+    );
+    assert_eq!(
+        view["current_period_end"], usage["period_end"],
+        "{view} {usage}"
+    );
     let start = time::OffsetDateTime::parse(
         view["current_period_start"].as_str().unwrap(),
         &time::format_description::well_known::Rfc3339,

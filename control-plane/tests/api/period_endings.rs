@@ -231,6 +231,65 @@ async fn usage_that_arrives_after_its_period_was_billed_is_trued_up_once() {
     assert_eq!(item["invoice"], Value::Null, "pending for the next invoice");
 }
 
+/// The true-up looks only at periods that can owe something — a pending part, or usage
+/// recorded since the last part — and at every period once a day; so its cost follows
+/// late usage, not the number of customers.
+#[tokio::test]
+async fn the_true_up_looks_again_only_at_periods_with_usage_recorded_since_their_last_part() {
+    use tollgate_control_plane::jobs::overage_trueup::run_once;
+    let app = spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let (clock, start, end) = premium_with_usage_in(&app, "quiet", 120).await;
+    app.advance(&clock, end.unix_timestamp() + 60).await;
+    let (units, _, _) = charged(&app, "quiet").await;
+    assert_eq!(units, 20);
+    let first = run_once(&app.state).await.unwrap();
+    assert!(first.full_scan, "the first run looks at everything");
+    assert_eq!(first.periods_checked, 1);
+    // Within the margin after its part, a period is looked at on every run.
+    assert_eq!(run_once(&app.state).await.unwrap().periods_checked, 1);
+    // An hour later, nothing recorded since the part: not looked at.
+    for statement in [
+        "UPDATE overage_charges SET created_at = now() - interval '1 hour'",
+        "UPDATE usage_records SET recorded_at = now() - interval '61 minutes'",
+    ] {
+        sqlx::query(statement).execute(&app.pool).await.unwrap();
+    }
+    let quiet = run_once(&app.state).await.unwrap();
+    assert!(!quiet.full_scan);
+    assert_eq!(quiet.periods_checked, 0);
+    // A late ticket of the period: looked at, and billed.
+    app.ingest_usage("quiet", 1, &rfc(start), &rfc(end)).await;
+    let late = run_once(&app.state).await.unwrap();
+    assert_eq!(
+        (late.periods_checked, late.parts_billed, late.cents_billed),
+        (1, 1, 199)
+    );
+    // A day after the last full pass, every period again.
+    for statement in [
+        "UPDATE overage_charges SET created_at = now() - interval '1 hour'",
+        "UPDATE usage_records SET recorded_at = now() - interval '61 minutes'",
+        "UPDATE job_cursors SET position = position - 25 * 3600
+         WHERE job = 'overage_trueup_full_scan'",
+    ] {
+        sqlx::query(statement).execute(&app.pool).await.unwrap();
+    }
+    let daily = run_once(&app.state).await.unwrap();
+    assert!(daily.full_scan);
+    assert_eq!((daily.periods_checked, daily.parts_billed), (1, 0));
+    // One customer's pass looks at that customer's periods only, never as the daily one.
+    app.ingest_usage("quiet", 1, &rfc(start), &rfc(end)).await;
+    let other = tollgate_control_plane::jobs::overage_trueup::run_for_customer(&app.state, "other")
+        .await
+        .unwrap();
+    assert_eq!((other.periods_checked, other.full_scan), (0, false));
+    let theirs =
+        tollgate_control_plane::jobs::overage_trueup::run_for_customer(&app.state, "quiet")
+            .await
+            .unwrap();
+    assert_eq!((theirs.periods_checked, theirs.parts_billed), (1, 1));
+}
+
 #[tokio::test]
 async fn a_period_that_ended_within_its_allowance_is_trued_up_when_late_usage_passes_it() {
     use tollgate_control_plane::jobs::overage_trueup::run_once;

@@ -607,10 +607,15 @@ impl<'a> Journey<'a> {
             )
             .await;
         let extra = self.model.late(n);
+        // The customer's own pass (the job's pass over everyone costs what the other
+        // journeys' periods cost; the journeys would slow down as they accumulate).
         for _ in 0..2 {
-            tollgate_control_plane::jobs::overage_trueup::run_once(&self.app.state)
-                .await
-                .unwrap();
+            tollgate_control_plane::jobs::overage_trueup::run_for_customer(
+                &self.app.state,
+                &self.customer,
+            )
+            .await
+            .unwrap();
         }
         let after: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(late_parts))
             .fetch_one(&self.app.pool)
