@@ -82,10 +82,13 @@ async fn random_journeys_bill_what_the_pricing_rules_say_to_the_cent() {
                             .cloned()
                             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                             .unwrap_or_default();
-                        format!(
+                        let report = format!(
                             "journey seed {seed}: {why}\n  steps:\n    {}",
                             log.lock().unwrap().join("\n    ")
-                        )
+                        );
+                        // At once too: a long run stopped early keeps what it found.
+                        eprintln!("journey failed: {report}");
+                        report
                     })
             }
         })
