@@ -160,12 +160,24 @@ where
                 intents::attach(&state.pool, &intent, &session.id).await?;
                 return Ok(session);
             }
-            (SessionState::Complete, _) => {
+            (SessionState::Complete { subscription }, _) => {
                 intents::finish(&state.pool, &intent, intents::Outcome::Completed).await?;
                 if intent.client_named {
                     return Err(ended("completed"));
                 }
-                if when_completed == WhenCompleted::AlreadyDone {
+                // The subscription it created is on its way, unless it is stored as
+                // ended already (cancelled since, or a duplicate ended at once): then
+                // the same request again is a new purchase.
+                let ended_since = match &subscription {
+                    Some(id) => crate::subscription_store::cancellation(&state.pool, id)
+                        .await?
+                        .is_some_and(|stored| {
+                            crate::subscription_store::SubscriptionStatus::parse(&stored.status)
+                                .is_some_and(|s| !s.is_live())
+                        }),
+                    None => false,
+                };
+                if when_completed == WhenCompleted::AlreadyDone && !ended_since {
                     return Err(ApiError::Conflict {
                         code: "already_subscribed",
                         message: "this checkout was completed; the subscription is being set up"

@@ -182,10 +182,13 @@ pub fn intent_key(key: &str) -> RequestStrategy {
 }
 
 /// Where a Checkout Session stands now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionState {
     Open,
-    Complete,
+    /// Paid; in subscription mode, the subscription it created.
+    Complete {
+        subscription: Option<String>,
+    },
     Expired,
 }
 
@@ -342,7 +345,12 @@ impl StripeGateway {
             .timed(&self.api_seconds, "retrieve_checkout")
             .await?;
         let state = match session.status {
-            Some(CheckoutSessionStatus::Complete) => SessionState::Complete,
+            Some(CheckoutSessionStatus::Complete) => SessionState::Complete {
+                subscription: session
+                    .subscription
+                    .as_ref()
+                    .map(|s| s.id().as_str().to_owned()),
+            },
             Some(CheckoutSessionStatus::Expired) => SessionState::Expired,
             _ => SessionState::Open,
         };

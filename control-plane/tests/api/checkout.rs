@@ -232,3 +232,26 @@ async fn without_a_stripe_account_billing_endpoints_say_billing_unavailable() {
         "billing_unavailable"
     );
 }
+
+/// Found by the journeys (seed 1796416422141): subscribing again through Checkout right
+/// after cancelling, with the same request as the first time, answered 409
+/// `already_subscribed` ("the subscription is being set up") for the subscription just
+/// cancelled. A completed session whose subscription is stored as ended is no purchase in
+/// progress: the same request again is a new one.
+#[tokio::test]
+async fn the_same_checkout_again_after_cancelling_is_a_new_purchase() {
+    let app = crate::helpers::spawn_app_with_stripe_webhooks().await;
+    app.sync_catalog().await;
+    let first = app.subscribe_via_checkout("again-sub", "premium").await;
+    let r = app
+        .call_as(
+            "again-sub",
+            reqwest::Method::DELETE,
+            "/api/v1/billing/subscriptions?immediately=true",
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let second = app.subscribe_via_checkout("again-sub", "premium").await;
+    assert_ne!(first, second, "a new subscription");
+}
