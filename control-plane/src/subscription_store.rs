@@ -64,6 +64,11 @@ impl SubscriptionStatus {
             SubscriptionStatus::Active | SubscriptionStatus::Trialing | SubscriptionStatus::PastDue
         )
     }
+
+    /// Whether a status as Stripe (or a stored row) names it is live; an unknown one is not.
+    pub fn names_live(status: &str) -> bool {
+        Self::parse(status).is_some_and(Self::is_live)
+    }
 }
 
 /// The live statuses as SQL binds them (`status = ANY($n)`).
@@ -95,6 +100,19 @@ impl PlanRow {
     pub fn status(&self) -> Option<SubscriptionStatus> {
         SubscriptionStatus::parse(&self.status)
     }
+}
+
+/// A stored Stripe subscription's status, if stored.
+pub async fn status_of(
+    pool: &PgPool,
+    subscription: &str,
+) -> Result<Option<SubscriptionStatus>, sqlx::Error> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM subscriptions WHERE stripe_subscription_id = $1")
+            .bind(subscription)
+            .fetch_optional(pool)
+            .await?;
+    Ok(status.as_deref().and_then(SubscriptionStatus::parse))
 }
 
 /// The customer's plan row: the newest that is not incomplete (an unpaid first Checkout
@@ -200,8 +218,7 @@ pub struct NewestFixed {
 impl NewestFixed {
     /// Whether a next invoice will come: it lives on past its current period.
     pub fn renews(&self) -> bool {
-        !self.cancel_at_period_end
-            && SubscriptionStatus::parse(&self.status).is_some_and(SubscriptionStatus::is_live)
+        !self.cancel_at_period_end && SubscriptionStatus::names_live(&self.status)
     }
 }
 

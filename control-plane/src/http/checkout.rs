@@ -169,12 +169,9 @@ where
                 // ended already (cancelled since, or a duplicate ended at once): then
                 // the same request again is a new purchase.
                 let ended_since = match &subscription {
-                    Some(id) => crate::subscription_store::cancellation(&state.pool, id)
+                    Some(id) => crate::subscription_store::status_of(&state.pool, id)
                         .await?
-                        .is_some_and(|stored| {
-                            crate::subscription_store::SubscriptionStatus::parse(&stored.status)
-                                .is_some_and(|s| !s.is_live())
-                        }),
+                        .is_some_and(|s| !s.is_live()),
                     None => false,
                 };
                 if when_completed == WhenCompleted::AlreadyDone && !ended_since {

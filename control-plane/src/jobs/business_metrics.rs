@@ -43,8 +43,7 @@ pub async fn refresh(state: &AppState) -> anyhow::Result<()> {
             .with_label_values(&[plan_type, billing_model, status])
             .set(*n);
         // MRR counts fixed fees that are being paid: active, trialing or within grace.
-        let paying = crate::subscription_store::SubscriptionStatus::parse(status)
-            .is_some_and(|s| s.is_live());
+        let paying = crate::subscription_store::SubscriptionStatus::names_live(status);
         if paying && billing_model == "fixed_fee" {
             let fee = PlanId::parse(plan_type)
                 .ok()

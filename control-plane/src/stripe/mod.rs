@@ -1109,11 +1109,6 @@ impl StripeGateway {
     }
 }
 
-/// Whether a Stripe subscription status gives the customer its plan.
-pub fn is_live(status: &str) -> bool {
-    crate::subscription_store::SubscriptionStatus::parse(status).is_some_and(|s| s.is_live())
-}
-
 /// Why tollgate gives a payment back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefundReason {
@@ -1239,7 +1234,9 @@ impl StripeGateway {
     /// Whether a subscription is live in Stripe now (the stored row may be stale).
     pub async fn subscription_is_live(&self, subscription: &str) -> Result<bool, GatewayError> {
         let sub = self.retrieve_subscription(subscription).await?;
-        Ok(is_live(sub.status.as_str()))
+        Ok(crate::subscription_store::SubscriptionStatus::names_live(
+            sub.status.as_str(),
+        ))
     }
 
     /// Whether the subscription's latest invoice is paid: its current period was paid

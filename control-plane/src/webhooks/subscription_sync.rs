@@ -95,7 +95,7 @@ pub(super) async fn sync_subscription(
     // see each other.
     store::lock_customer(tx, &customer).await?;
     let mut duplicate = false;
-    if crate::stripe::is_live(sub.status.as_str()) {
+    if store::SubscriptionStatus::names_live(sub.status.as_str()) {
         // The stored rows say which came first; Stripe says whether it still lives (a
         // row left `active` by a lost event must not cost a new subscription its life).
         for other in store::other_live(tx, &customer, subscription_id).await? {
@@ -195,7 +195,7 @@ pub(super) async fn sync_subscription(
             }
         }
     }
-    if crate::stripe::is_live(&status) {
+    if store::SubscriptionStatus::names_live(&status) {
         expire_credits_on_switch(tx, &customer, subscription_id).await?;
     }
     // A cancellation made by a switch to credits completes that switch, whoever stores

@@ -123,25 +123,33 @@ async fn a_declined_card_on_subscription_checkout_leaves_nothing_behind() {
     assert_eq!(paid["status"], "complete");
 }
 
-/// Pro ($20) is paid for the period, the price moves to Basic ($10) without proration,
-/// and halfway through the period back to Pro with an invoice now: the proration lines.
-async fn moved_down_then_up(mode: &str) -> Vec<i64> {
-    let app = spawn_app().await;
-    let plans = create_plans(&app).await;
-    let (clock, customer) = customer_on_clock(&app, JAN_31, &format!("{mode}@example.com")).await;
-    let (status, sub) = app
-        .post(
-            "/v1/subscriptions",
-            &[
-                ("customer", customer.as_str()),
-                ("items[0][price]", plans.pro.id.as_str()),
-                ("default_payment_method", "pm_card_visa"),
-                ("billing_mode[type]", mode),
-            ],
-        )
-        .await;
+/// A Pro subscription of `customer` paid with a card, in `mode` (Stripe's default when
+/// `None`).
+async fn pro_subscription(
+    app: &crate::helpers::TestApp,
+    plans: &crate::catalog::Plans,
+    customer: &str,
+    mode: Option<&str>,
+) -> Value {
+    let mut form = vec![
+        ("customer", customer),
+        ("items[0][price]", plans.pro.id.as_str()),
+        ("default_payment_method", "pm_card_visa"),
+    ];
+    if let Some(mode) = mode {
+        form.push(("billing_mode[type]", mode));
+    }
+    let (status, sub) = app.post("/v1/subscriptions", &form).await;
     assert_eq!(status, 200, "{sub}");
-    assert_eq!(sub["billing_mode"]["type"], mode);
+    sub
+}
+
+/// Moves `sub`'s item to Basic ($10) without proration: what was debited stays Pro's.
+async fn move_to_basic_without_proration(
+    app: &crate::helpers::TestApp,
+    plans: &crate::catalog::Plans,
+    sub: &Value,
+) {
     let id = sub["id"].as_str().unwrap();
     let item = sub["items"]["data"][0]["id"].as_str().unwrap();
     let (status, _) = app
@@ -155,6 +163,19 @@ async fn moved_down_then_up(mode: &str) -> Vec<i64> {
         )
         .await;
     assert_eq!(status, 200);
+}
+
+/// Pro ($20) is paid for the period, the price moves to Basic ($10) without proration,
+/// and halfway through the period back to Pro with an invoice now: the proration lines.
+async fn moved_down_then_up(mode: &str) -> Vec<i64> {
+    let app = spawn_app().await;
+    let plans = create_plans(&app).await;
+    let (clock, customer) = customer_on_clock(&app, JAN_31, &format!("{mode}@example.com")).await;
+    let sub = pro_subscription(&app, &plans, &customer, Some(mode)).await;
+    assert_eq!(sub["billing_mode"]["type"], mode);
+    let id = sub["id"].as_str().unwrap();
+    let item = sub["items"]["data"][0]["id"].as_str().unwrap();
+    move_to_basic_without_proration(&app, &plans, &sub).await;
     // Jan 31 → Feb 28 is 28 days: day 14 is half-way.
     AdvanceTestHelpersTestClock::new(clock.as_str(), JAN_31 + 14 * DAY)
         .send(&app.client)
@@ -204,30 +225,9 @@ async fn a_cancel_now_preview_credits_the_unused_time_of_what_was_debited() {
     let app = spawn_app().await;
     let plans = create_plans(&app).await;
     let (clock, customer) = customer_on_clock(&app, JAN_31, "cancel-preview@example.com").await;
-    let (status, sub) = app
-        .post(
-            "/v1/subscriptions",
-            &[
-                ("customer", customer.as_str()),
-                ("items[0][price]", plans.pro.id.as_str()),
-                ("default_payment_method", "pm_card_visa"),
-            ],
-        )
-        .await;
-    assert_eq!(status, 200, "{sub}");
+    let sub = pro_subscription(&app, &plans, &customer, None).await;
     let id = sub["id"].as_str().unwrap();
-    let item = sub["items"]["data"][0]["id"].as_str().unwrap();
-    let (status, _) = app
-        .post(
-            &format!("/v1/subscriptions/{id}"),
-            &[
-                ("items[0][id]", item),
-                ("items[0][price]", plans.basic.id.as_str()),
-                ("proration_behavior", "none"),
-            ],
-        )
-        .await;
-    assert_eq!(status, 200);
+    move_to_basic_without_proration(&app, &plans, &sub).await;
     // Jan 31 → Feb 28 is 28 days: day 14 is half-way. The preview prorates at the
     // clock's now (Stripe takes `proration_date` only with item or trial changes).
     AdvanceTestHelpersTestClock::new(clock.as_str(), JAN_31 + 14 * DAY)
@@ -290,17 +290,7 @@ async fn invoice_now_on_cancel_takes_the_prorations_and_leaves_other_pending_ite
     let app = spawn_app().await;
     let plans = create_plans(&app).await;
     let (_clock, customer) = customer_on_clock(&app, JAN_31, "invoice-now@example.com").await;
-    let (status, sub) = app
-        .post(
-            "/v1/subscriptions",
-            &[
-                ("customer", customer.as_str()),
-                ("items[0][price]", plans.pro.id.as_str()),
-                ("default_payment_method", "pm_card_visa"),
-            ],
-        )
-        .await;
-    assert_eq!(status, 200, "{sub}");
+    let sub = pro_subscription(&app, &plans, &customer, None).await;
     let id = sub["id"].as_str().unwrap();
     let (status, item) = app
         .post(
